@@ -1,0 +1,38 @@
+# auglab: the two commands of the README quick start are `make repro` and `make test`.
+# Both build .venv from nothing (Python 3.11, pip and apt are all they assume).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+RUN    := PATH="$(BIN):$$PATH"
+
+.PHONY: repro test install apt-index bench clean-venv
+
+repro: install apt-index  ## create .venv, install, fetch the data and run the whole pipeline
+	$(RUN) dvc repro
+
+test: install apt-index  ## create .venv, install, run the test suite (real data, real DVC)
+	$(RUN) python -m pytest
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable '.[dev]'
+	touch $@
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist where no mirror answers; on a fresh
+# machine apt may not have its package index yet.
+apt-index:
+	@if command -v apt-get >/dev/null 2>&1 && ! apt-cache show dataset-fashion-mnist >/dev/null 2>&1; then \
+		echo "apt has no index for dataset-fashion-mnist yet: running apt-get update"; \
+		$(SUDO) apt-get update -qq; \
+	fi
+
+bench: install  ## speed and memory benchmarks (need `make repro` data); print ratios
+	$(RUN) python bench/read_split.py
+
+clean-venv:
+	rm -rf $(VENV)

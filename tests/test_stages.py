@@ -1,0 +1,152 @@
+"""Every stage script, run as DVC would run it, on synthetic data, with only its declared params."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dvc.dependency.param import ParamsDependency
+from dvc.repo import Repo
+from ruamel.yaml import YAML
+
+from conftest import ROOT, synthetic_arrays, write_idx_folder
+
+YAML_SAFE = YAML(typ="safe", pure=True)
+PLUMBING = {"__init__", "cli", "params", "files"}  # shape no output; not listed as stage deps
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def stages(root: Path) -> list:
+    """DVC's own resolution of dvc.yaml (foreach expanded), in pipeline order."""
+    with Repo(str(root)) as repo:
+        return [
+            {
+                "name": stage.name,
+                "cmd": stage.cmd,
+                "params": [key for d in stage.deps if isinstance(d, ParamsDependency) for key in d.params],
+                "deps": [str(d.def_path) for d in stage.deps if not isinstance(d, ParamsDependency)],
+                "outs": [str(o.def_path) for o in stage.outs],
+            }
+            for stage in repo.index.stages
+        ]
+
+
+def only(data: dict, keys: list[str]) -> dict:
+    """The subset of a params mapping holding just the dotted `keys`."""
+    result: dict = {}
+    for key in keys:
+        parts = key.split(".")
+        source, target = data, result
+        for part in parts[:-1]:
+            source, target = source[part], target.setdefault(part, {})
+        target[parts[-1]] = source[parts[-1]]
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A DVC project using the real dvc.yaml and stages, a synthetic dataset named `toy`."""
+    root = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml",):
+        (root / name).write_bytes((ROOT / name).read_bytes())
+    (root / "stages").symlink_to(ROOT / "stages")
+    (root / "auglab").symlink_to(ROOT / "auglab")
+    write_idx_folder(root / "incoming", synthetic_arrays(per_class=30), gz=True)
+    params = YAML_SAFE.load((ROOT / "params.yaml").read_text())
+    params["download"]["datasets"] = {"toy": {"sources": [{"folder": str(root / "incoming")}]}}
+    params["split"]["datasets"] = {"toy": {"mode": "stratified", "val_size": 40}}
+    params["split"]["subsets"] = [10, 20]
+    with open(root / "params.yaml", "w") as f:
+        YAML_SAFE.dump(params, f)
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True, env=ENV)
+    return root, params, stages(root)
+
+
+def run_stage(root: Path, stage: dict, params: dict) -> subprocess.CompletedProcess:
+    with open(root / "params.yaml", "w") as f:
+        YAML_SAFE.dump(only(params, stage["params"]), f)
+    return subprocess.run(stage["cmd"], shell=True, cwd=root, env=ENV, capture_output=True, text=True)
+
+
+def test_each_stage_runs_with_only_its_declared_params(project):
+    root, params, found = project
+    assert [s["name"] for s in found] == ["download@toy", "split@toy", "preprocess@toy"]
+    for stage in found:
+        done = run_stage(root, stage, params)
+        assert done.returncode == 0, f"{stage['name']}: {done.stderr}"
+        for out in stage["outs"]:
+            assert (root / out).exists(), f"{stage['name']} did not write {out}"
+    stats = YAML_SAFE.load((root / "data/preprocessed/toy.json").read_text())
+    assert stats["fit_rows"] == 260 and stats["pad_to"] == params["preprocess"]["pad_to"]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """auglab modules a file imports, transitively."""
+    found: set[str] = set()
+    todo = [path]
+    while todo:
+        tree = ast.parse(todo.pop().read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("auglab"):
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("auglab")]
+            for name in names:
+                module = name.split(".")[1] if "." in name else "__init__"
+                if (ROOT / "auglab" / f"{module}.py").exists() and module not in found:
+                    found.add(module)
+                    todo.append(ROOT / "auglab" / f"{module}.py")
+    return found
+
+
+def test_stage_deps_list_every_module_the_stage_imports():
+    """Editing a module re-runs exactly the stages whose code it is (plumbing excepted)."""
+    for stage in stages(ROOT):
+        script = next(d for d in stage["deps"] if d.startswith("stages/"))
+        needed = {f"auglab/{m}.py" for m in imported_modules(ROOT / script) - PLUMBING}
+        listed = {d for d in stage["deps"] if d.startswith("auglab/")}
+        assert needed == listed, f"{stage['name']}: imports {sorted(needed)}, dvc.yaml lists {sorted(listed)}"
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_failing_stage_exits_nonzero_with_one_line_and_keeps_good_output(project):
+    root, params, found = project
+    download_stage, split_stage = found[:2]
+    for stage in (download_stage, split_stage):
+        assert run_stage(root, stage, params).returncode == 0
+    before = tree_digest(root / "data/split/toy")
+    bad = dict(params, split=dict(params["split"], subsets=[10, 1000]))
+    done = run_stage(root, split_stage, bad)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: subset 1000: needs 100 images of class 0, the train split has 26"
+    )
+    assert "Traceback" not in done.stderr
+    assert tree_digest(root / "data/split/toy") == before
+    assert not [p for p in (root / "data/split").iterdir() if p.name.startswith(".")]  # no temp dirs
+
+
+def test_unknown_dataset_and_bad_params_messages(project):
+    root, params, _ = project
+    with open(root / "params.yaml", "w") as f:
+        YAML_SAFE.dump(params, f)
+    done = subprocess.run([sys.executable, "stages/split.py", "--dataset", "nope", "--raw", "x", "--out", "y"],
+                          cwd=root, capture_output=True, text=True, env=ENV)
+    assert done.returncode == 1 and done.stderr.strip() == "error: split.datasets: no entry 'nope'; known: toy"
+    broken = dict(params, preprocess={"pad_to": "32"})
+    with open(root / "params.yaml", "w") as f:
+        YAML_SAFE.dump(broken, f)
+    done = subprocess.run([sys.executable, "stages/preprocess.py", "--splits", "data/split/toy", "--out", "o.json"],
+                          cwd=root, capture_output=True, text=True, env=ENV)
+    assert done.returncode == 1 and done.stderr.strip() == "error: preprocess.pad_to: expected int, got '32'"
+    assert not (root / "o.json").exists()
