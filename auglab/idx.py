@@ -83,8 +83,9 @@ def read(path: Path, ndim: int | None = None) -> np.ndarray:
 
 
 def write_dataset(directory: Path, dataset: str, arrays: dict[str, np.ndarray], source: dict,
-                  classes: int = 10) -> dict:
+                  class_names: list[str]) -> dict:
     """Write the canonical uncompressed IDX files and manifest.json into `directory`."""
+    classes = len(class_names)
     files = {}
     for role, array in arrays.items():
         name = FILES[role][0]
@@ -94,7 +95,7 @@ def write_dataset(directory: Path, dataset: str, arrays: dict[str, np.ndarray], 
     counts = {split: np.bincount(arrays[f"{split}_labels"], minlength=classes).tolist()
               for split in ("train", "test") if f"{split}_labels" in arrays}
     manifest = {"dataset": dataset, "source": source, "sha256": files, "class_counts": counts,
-                "test_labelled": "test_labels" in arrays}
+                "class_names": class_names, "test_labelled": "test_labels" in arrays}
     write_json_atomic(Path(directory) / "manifest.json", manifest)
     return manifest
 

@@ -9,9 +9,9 @@ gets only those, so a stage cannot quietly depend on params DVC does not track f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
@@ -20,6 +20,8 @@ from auglab import AuglabError
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class Section(BaseModel):
@@ -92,10 +94,80 @@ class PreprocessSection(Section):
     pad_to: PositiveInt  # side in pixels that padded-input models (LeNet-5) receive
 
 
+# --- augment --------------------------------------------------------------------------------
+
+
+class Elastic(Section):
+    alpha: NonNegativeFloat  # displacement scale, pixels
+    sigma: PositiveFloat  # smoothness of the random displacement field, pixels
+
+
+class Erasing(Section):
+    p: Fraction  # probability that an image gets a rectangle erased
+    area: Annotated[list[Fraction], Field(min_length=2, max_length=2)]  # [min, max] fraction erased
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Erasing:
+        if self.area[0] > self.area[1]:
+            raise ValueError(f"area: expected [min, max] with min <= max, got {self.area}")
+        return self
+
+
+class View(Section):
+    """The ops of one augmented view, each with its range; an op not listed is not applied."""
+
+    rotation: Annotated[float, Field(ge=0, le=180)] | None = None  # degrees, uniform in [-r, r]
+    translation: Fraction | None = None  # fraction of the side, uniform in [-t, t] per axis
+    zoom: Annotated[float, Field(ge=0, lt=1)] | None = None  # Keras: scale in [1-z, 1+z] per axis
+    shear: Annotated[float, Field(ge=0, lt=90)] | None = None  # degrees, uniform in [-s, s]
+    hflip: Fraction | None = None  # probability of a horizontal flip
+    noise: NonNegativeFloat | None = None  # std of gaussian noise, pixel values (0..255)
+    elastic: Elastic | None = None
+    erasing: Erasing | None = None
+
+    def ops(self) -> dict[str, dict[str, Any]]:
+        """The ops that are set, as keyword arguments of auglab.augment.OPS."""
+        result = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, Section):
+                result[name] = value.model_dump()
+            elif value is not None:
+                result[name] = {"strength": value}
+        return result
+
+
+class Recipe(Section):
+    source: str  # split of the dataset to augment: train, train_100, ...
+    views: Annotated[list[View], Field(min_length=1)]
+    copies: PositiveInt  # augmented images per source image per view
+    balance: bool  # top up smaller classes (cycling their images) to the largest class's count
+    originals: bool  # also write the source images, origin=real
+    seed: NonNegativeInt
+
+
+class Build(Section):
+    dataset: str  # a key of split.datasets
+    recipe: str  # a key of augment.recipes
+
+
+class AugmentSection(Section):
+    recipes: dict[str, Recipe]
+    builds: dict[str, Build]
+
+    @model_validator(mode="after")
+    def _known_recipes(self) -> AugmentSection:
+        for name, build in self.builds.items():
+            if build.recipe not in self.recipes:
+                raise ValueError(f"builds.{name}.recipe: no recipe {build.recipe!r}; known: {', '.join(self.recipes)}")
+        return self
+
+
 SECTIONS: dict[str, type[Section]] = {
     "download": DownloadSection,
     "split": SplitSection,
     "preprocess": PreprocessSection,
+    "augment": AugmentSection,
 }
 
 
@@ -170,6 +242,46 @@ def load(path: Path, *names: str) -> tuple[Section, ...]:
     if missing:
         raise ParamsError(f"{path}: missing section(s) {missing}")
     return tuple(validate(name, data[name]) for name in names)
+
+
+def _key_type(dotted: str) -> Any:
+    """The declared type at a dotted params key, walking section models and dict values."""
+    name, *rest = dotted.split(".")
+    if name not in SECTIONS:
+        raise ParamsError(f"unknown params section {name!r}; known: {', '.join(SECTIONS)}")
+    kind: Any = SECTIONS[name]
+    constraints: list = []
+    for part in rest:
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and part in kind.model_fields:
+            field = kind.model_fields[part]
+            kind, constraints = field.annotation, field.metadata  # Field(gt=0) and the like
+        elif get_origin(kind) is dict:
+            kind, constraints = get_args(kind)[1], []
+        else:
+            raise ParamsError(f"{dotted}: no such key in the params schema")
+    return Annotated[kind, *constraints] if constraints else kind
+
+
+def load_key(path: Path, dotted: str) -> Any:
+    """Validate one dotted key (e.g. `augment.recipes.s2_expand`) against its declared type.
+
+    For stages that declare a single entry of a section in dvc.yaml: the rest of the section
+    need not exist, and is not read.
+    """
+    kind = _key_type(dotted)
+    data: Any = read_yaml(path)
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(f"{path}: unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            raise ParamsError(f"{dotted}: missing required key")
+        data = data[part]
+    strict = None if isinstance(kind, type) and issubclass(kind, BaseModel) else ConfigDict(strict=True)
+    try:
+        return TypeAdapter(kind, config=strict).validate_python(data)
+    except ValidationError as e:
+        raise ParamsError("; ".join(_describe(err, dotted) for err in e.errors())) from None
 
 
 def check(path: Path) -> None:

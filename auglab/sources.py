@@ -40,6 +40,7 @@ from auglab.files import sha256_bytes, sha256_file
 Arrays = dict[str, np.ndarray]  # role (idx.FILES key) -> uint8 array; test_labels may be absent
 CLASSES = 10
 SIDE = 28
+DIGITS = tuple(str(digit) for digit in range(CLASSES))
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Facts:
     sha256: dict[str, str]  # role -> sha256 of the uncompressed canonical IDX file
     train_counts: tuple[int, ...]
     test_counts: tuple[int, ...]
+    class_names: tuple[str, ...] = DIGITS
 
 
 FACTS: dict[str, Facts] = {
@@ -84,6 +86,8 @@ FACTS: dict[str, Facts] = {
         },
         train_counts=(6000,) * CLASSES,
         test_counts=(1000,) * CLASSES,
+        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     ),
 }
 
@@ -335,6 +339,11 @@ def verify(arrays: Arrays, facts: Facts | None) -> str:
         if counts != golden:
             raise SourceFailed(f"{split} class counts {counts}, expected {golden}")
     return "pinned sha256 of every file and golden class counts"
+
+
+def class_names(dataset: str) -> list[str]:
+    """Names of the classes of a dataset: Fashion-MNIST's garments, digits otherwise."""
+    return list(FACTS[dataset].class_names if dataset in FACTS else DIGITS)
 
 
 def fetch(dataset: str, sources: list, timeout: float, facts: Facts | None = None,

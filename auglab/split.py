@@ -106,12 +106,13 @@ def write_splits(
     val_size: int,
     subsets: list[int],
     seed: int,
-    classes: int = 10,
+    class_names: list[str],
 ) -> dict[str, shards.SplitInfo]:
     """Write train, val, train_<size> and test shards plus manifest.json into `directory`.
 
     `arrays` are the raw dataset (see idx.read_dataset); test rows get ids after the train rows.
     """
+    classes = len(class_names)
     images, labels = arrays["train_images"], arrays["train_labels"]
     height, width = images.shape[1:]
     rows = make_splits(labels, mode, val_size, subsets, classes, seed)
@@ -125,5 +126,6 @@ def write_splits(
                                classes=classes, labelled=test_labels is not None)
         test_ids = len(labels) + np.arange(len(test_images))
         written["test"] = shards.write_split(directory, layout, test_ids, test_labels, test_images)
-    shards.write_manifest(directory, written, dataset=dataset, mode=mode, val_size=val_size, seed=seed)
+    shards.write_manifest(directory, written, dataset=dataset, mode=mode, val_size=val_size, seed=seed,
+                          class_names=class_names)
     return written

@@ -14,7 +14,7 @@ def main(args) -> None:
     spec = download.datasets[args.dataset]
     arrays, source = sources.fetch(args.dataset, spec.sources, download.timeout, log=cli.log)
     with atomic_dir(args.out) as staging:
-        idx.write_dataset(staging, args.dataset, arrays, source)
+        idx.write_dataset(staging, args.dataset, arrays, source, sources.class_names(args.dataset))
 
 
 if __name__ == "__main__":

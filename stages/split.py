@@ -12,10 +12,11 @@ def main(args) -> None:
         known = ", ".join(section.datasets)
         raise AuglabError(f"split.datasets: no entry {args.dataset!r}; known: {known}")
     spec = section.datasets[args.dataset]
-    arrays, _ = idx.read_dataset(args.raw)
+    arrays, raw = idx.read_dataset(args.raw)
     with atomic_dir(args.out) as staging:
         written = split.write_splits(
-            staging, args.dataset, arrays, spec.mode, spec.val_size, section.subsets, section.seed
+            staging, args.dataset, arrays, spec.mode, spec.val_size, section.subsets, section.seed,
+            raw["class_names"],
         )
     cli.log(", ".join(f"{name} {info.rows}" for name, info in written.items()))
 

@@ -60,7 +60,7 @@ def test_truncated_gzip_names_the_file(tmp_path):
 
 
 def test_dataset_directory_round_trip_checks_every_file(tmp_path, arrays):
-    manifest = idx.write_dataset(tmp_path, "toy", arrays, {"kind": "folder", "value": "x"})
+    manifest = idx.write_dataset(tmp_path, "toy", arrays, {"kind": "folder", "value": "x"}, list("0123456789"))
     assert manifest["class_counts"]["train"] == [20] * 10
     got, _ = idx.read_dataset(tmp_path)
     np.testing.assert_array_equal(got["train_images"], arrays["train_images"])

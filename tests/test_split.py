@@ -97,7 +97,7 @@ def test_errors_name_the_value(call, message):
 def test_write_splits_is_byte_identical_for_a_seed(tmp_path):
     arrays = synthetic_arrays(per_class=30)
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
-        split.write_splits(tmp_path / name, "toy", arrays, "stratified", 50, [10, 20], seed)
+        split.write_splits(tmp_path / name, "toy", arrays, "stratified", 50, [10, 20], seed, list("abcdefghij"))
     digest = lambda d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     assert digest(tmp_path / "a") != digest(tmp_path / "c")
@@ -105,6 +105,7 @@ def test_write_splits_is_byte_identical_for_a_seed(tmp_path):
     assert {k: v["rows"] for k, v in manifest["splits"].items()} == {
         "train": 250, "val": 50, "train_10": 10, "train_20": 20, "test": 50
     }
+    assert manifest["class_names"] == list("abcdefghij")
     test = shards.read_split(tmp_path / "a", "test")
     assert test.ids[0] == 300  # test ids follow the 300 official train rows
     np.testing.assert_array_equal(test.images, arrays["test_images"])
