@@ -65,7 +65,7 @@ class Source(Section):
 
 
 class DatasetDownload(Section):
-    sources: Annotated[list[Source], Field(min_length=1)]
+    sources: Annotated[dict[str, Source], Field(min_length=1)]  # name -> source, tried in order
 
 
 class DownloadSection(Section):
@@ -139,7 +139,7 @@ class View(Section):
 
 class Recipe(Section):
     source: str  # split of the dataset to augment: train, train_100, ...
-    views: Annotated[list[View], Field(min_length=1)]
+    views: Annotated[dict[str, View], Field(min_length=1)]  # name -> ops; outputs cycle through them
     copies: PositiveInt  # augmented images per source image per view
     balance: bool  # top up smaller classes (cycling their images) to the largest class's count
     originals: bool  # also write the source images, origin=real
@@ -214,7 +214,7 @@ def _describe(error: dict[str, Any], prefix: str) -> str:
     if kind in _EXPECTED:
         return f"{path}: expected {_EXPECTED[kind]}, got {got!r}"
     message = error["msg"].removeprefix("Value error, ")
-    message = message.replace("Input should be", "expected").replace("List should", "expected a list to")
+    message = message.replace("Input should be", "expected").replace("Dictionary should", "expected a mapping to")
     return f"{path}: {message}, got {got!r}"
 
 

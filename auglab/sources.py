@@ -346,17 +346,17 @@ def class_names(dataset: str) -> list[str]:
     return list(FACTS[dataset].class_names if dataset in FACTS else DIGITS)
 
 
-def fetch(dataset: str, sources: list, timeout: float, facts: Facts | None = None,
+def fetch(dataset: str, sources: dict, timeout: float, facts: Facts | None = None,
           log: Callable[[str], None] = print) -> tuple[Arrays, dict]:
-    """Try `sources` (params Source objects) in order; return the first that verifies.
+    """Try `sources` ({name: params Source}) in order; return the first that verifies.
 
     `facts` defaults to FACTS[dataset] (None for a dataset we hold no checksums for).
     Raises AuglabError listing every source and why it failed when none can be used.
     """
     facts = FACTS.get(dataset) if facts is None else facts
     failures = []
-    for source in sources:
-        log(f"{dataset}: trying {source}")
+    for name, source in sources.items():
+        log(f"{dataset}: trying {name} ({source})")
         try:
             if source.kind == "url":
                 arrays, detail = fetch_mirror(source.value, facts, timeout)
@@ -370,11 +370,12 @@ def fetch(dataset: str, sources: list, timeout: float, facts: Facts | None = Non
                 arrays, detail = fetch_kaggle_csv(source.value)
             verified = verify(arrays, facts)
         except AuglabError as e:  # SourceFailed, or an IDX parse error from a bad file
-            log(f"{dataset}: {source} failed: {e}")
-            failures.append(f"{source}: {e}")
+            log(f"{dataset}: {name} failed: {e}")
+            failures.append(f"{name} ({source}): {e}")
             continue
-        log(f"{dataset}: using {source} (verified: {verified})")
-        return arrays, {"kind": source.kind, "value": source.value, "verified": verified, **detail}
+        log(f"{dataset}: using {name} ({source}), verified: {verified}")
+        record = {"name": name, "kind": source.kind, "value": source.value, "verified": verified}
+        return arrays, {**record, **detail}
     raise AuglabError(
         f"no source of {dataset} could be used:\n" + "\n".join(f"  - {f}" for f in failures)
     )

@@ -12,14 +12,15 @@ def main(args) -> None:
     recipe = params.load_key(args.params, f"augment.recipes.{args.recipe}")
     source = shards.read_split(args.splits, recipe.source)
     class_names = shards.read_manifest(args.splits)["class_names"]
-    views = [view.ops() for view in recipe.views]
+    views = [view.ops() for view in recipe.views.values()]
     firsts = [int(np.flatnonzero(source.labels == c)[0]) for c in np.unique(source.labels)]
     samples = augment.Samples(rows=firsts, per_row=min(8, recipe.copies * len(views)))
     with atomic_dir(args.out) as staging:
         info = augment.write_recipe(staging, source, args.recipe, views, recipe.copies, recipe.balance,
                                     recipe.originals, recipe.seed, samples)
         shards.write_manifest(staging, {args.recipe: info}, dataset=source.metadata["dataset"],
-                              recipe=args.recipe, source=recipe.source, class_names=class_names)
+                              recipe=args.recipe, source=recipe.source, class_names=class_names,
+                              views={name: view.ops() for name, view in recipe.views.items()})
         grid = temp_path(args.grid)
         title = f"{source.metadata['dataset']} / {args.recipe}: original, then augmented views"
         augment.sample_grid(grid, source, samples, title, class_names)

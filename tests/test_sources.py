@@ -107,10 +107,10 @@ def test_truncated_gzip_with_matching_checksum_is_caught(server, dataset):
 
 def test_fallback_uses_first_source_that_verifies(server, dataset):
     arrays, _, facts = dataset
-    order = [Source(url=f"{server}/{m}") for m in ("missing", "html", "wrong", "good", "truncated")]
+    order = {m: Source(url=f"{server}/{m}") for m in ("missing", "html", "wrong", "good", "truncated")}
     messages = []
     got, record = sources.fetch("toy", order, timeout=5, facts=facts, log=messages.append)
-    assert record["value"] == f"{server}/good"
+    assert record["name"] == "good" and record["value"] == f"{server}/good"
     assert record["verified"] == "pinned sha256 of every file and golden class counts"
     assert sum("failed" in m for m in messages) == 3
     assert not any("truncated" in m for m in messages)  # never tried
@@ -119,12 +119,15 @@ def test_fallback_uses_first_source_that_verifies(server, dataset):
 
 def test_all_sources_failing_lists_every_one(server, dataset, tmp_path):
     _, _, facts = dataset
-    order = [Source(url=f"{server}/missing"), Source(url=f"{server}/html"), Source(folder=str(tmp_path))]
+    order = {"a": Source(url=f"{server}/missing"), "b": Source(url=f"{server}/html"),
+             "c": Source(folder=str(tmp_path))}
     with pytest.raises(AuglabError) as error:
         sources.fetch("toy", order, timeout=5, facts=facts, log=lambda m: None)
     lines = str(error.value).splitlines()
     assert lines[0] == "no source of toy could be used:"
-    assert "HTTP 404" in lines[1] and "HTML page" in lines[2] and "no train-images-idx3-ubyte" in lines[3]
+    assert lines[1].startswith("  - a (url http") and "HTTP 404" in lines[1]
+    assert lines[2].startswith("  - b (url http") and "HTML page" in lines[2]
+    assert lines[3].startswith("  - c (folder ") and "no train-images-idx3-ubyte" in lines[3]
 
 
 def test_unreachable_host_fails_fast():
@@ -160,8 +163,8 @@ def test_verify_rejects_checksum_and_count_mismatches(tmp_path, arrays):
 def test_real_mnist_folder_is_rejected_when_it_is_not_mnist(tmp_path, arrays):
     """A folder holding other data under the MNIST name fails its pinned sha256."""
     write_idx_folder(tmp_path, arrays)
-    with pytest.raises(AuglabError, match=r"folder .*: decoded train_images sha256"):
-        sources.fetch("mnist", [Source(folder=str(tmp_path))], timeout=1, log=lambda m: None)
+    with pytest.raises(AuglabError, match=r"mine \(folder .*\): decoded train_images sha256"):
+        sources.fetch("mnist", {"mine": Source(folder=str(tmp_path))}, timeout=1, log=lambda m: None)
 
 
 def kaggle_csv(path, images, labels=None):

@@ -58,7 +58,7 @@ def project(tmp_path_factory):
     (root / "auglab").symlink_to(ROOT / "auglab")
     write_idx_folder(root / "incoming", synthetic_arrays(per_class=30), gz=True)
     params = YAML_SAFE.load((ROOT / "params.yaml").read_text())
-    params["download"]["datasets"] = {"toy": {"sources": [{"folder": str(root / "incoming")}]}}
+    params["download"]["datasets"] = {"toy": {"sources": {"incoming": {"folder": str(root / "incoming")}}}}
     params["split"]["datasets"] = {"toy": {"mode": "stratified", "val_size": 40}}
     params["split"]["subsets"] = [10, 20]
     with open(root / "params.yaml", "w") as f:
