@@ -266,10 +266,11 @@ def write_recipe(
     total = offset + len(source_rows)
     layout = shards.schema(height=height, width=width, dataset=source.metadata["dataset"], split=name,
                            classes=int(source.metadata["classes"]), augmented=True)
-    bar = tqdm(total=total, unit="img", desc=f"{source.metadata['dataset']}/{name}", file=sys.stderr)
+    bar = tqdm(total=total, unit="img", desc=f"{source.metadata['dataset']}/{name}", file=sys.stderr,
+               mininterval=1.0)
     with bar, shards.ShardWriter(directory, layout, total, rows_per_shard=rows_per_shard) as writer:
         if originals:
-            writer.write(source.ids, source.labels, source.images, source_id=source.ids,
+            writer.write(np.arange(len(source)), source.labels, source.images, source_id=source.ids,
                          origin=np.full(len(source), "real"))
             bar.update(len(source))
         for shard_start in range(0, total, rows_per_shard):

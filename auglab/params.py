@@ -213,7 +213,9 @@ def _describe(error: dict[str, Any], prefix: str) -> str:
     got = error.get("input")
     if kind in _EXPECTED:
         return f"{path}: expected {_EXPECTED[kind]}, got {got!r}"
-    message = error["msg"].removeprefix("Value error, ")
+    if kind == "value_error":  # our validators name the bad value themselves
+        return f"{path}: {error['msg'].removeprefix('Value error, ')}"
+    message = error["msg"]
     message = message.replace("Input should be", "expected").replace("Dictionary should", "expected a mapping to")
     return f"{path}: {message}, got {got!r}"
 

@@ -23,8 +23,10 @@ def repo_params(tmp_path):
 
 def dump(tmp_path, data):
     path = tmp_path / "params.yaml"
+    yaml = YAML(typ="safe", pure=True)
+    yaml.sort_base_mapping_type_on_output = False
     with open(path, "w") as f:
-        YAML(typ="safe", pure=True).dump(data, f)
+        yaml.dump(data, f)
     return path
 
 
@@ -59,6 +61,19 @@ def test_every_key_has_a_comment():
         (("download", "datasets", "mnist", "sources"), {}, "download.datasets.mnist.sources: expected a mapping to have at least 1 item"),
         (("download", "datasets", "mnist", "sources"), [{"url": "x"}], "download.datasets.mnist.sources: expected mapping, got [{'url': 'x'}]"),
         (("preprocess", "pad_to"), True, "preprocess.pad_to: expected int, got True"),
+        (("augment", "recipes", "s1_copies", "views", "shifted", "translation"), 1.5,
+         "augment.recipes.s1_copies.views.shifted.translation: expected less than or equal to 1, got 1.5"),
+        (("augment", "recipes", "s1_copies", "views", "flipped", "hflip"), -0.1,
+         "augment.recipes.s1_copies.views.flipped.hflip: expected greater than or equal to 0, got -0.1"),
+        (("augment", "recipes", "s2_expand", "views", "keras", "zoom"), 1.0,
+         "augment.recipes.s2_expand.views.keras.zoom: expected less than 1, got 1.0"),
+        (("augment", "recipes", "s2_expand", "views", "keras", "blur"), 2,
+         "augment.recipes.s2_expand.views.keras.blur: unknown key"),
+        (("augment", "recipes", "s2_expand", "copies"), 0, "augment.recipes.s2_expand.copies: expected greater than 0, got 0"),
+        (("augment", "recipes", "s2_expand", "views", "keras", "erasing"), {"p": 0.5, "area": [0.4, 0.1]},
+         "augment.recipes.s2_expand.views.keras.erasing: area: expected [min, max] with min <= max, got [0.4, 0.1]"),
+        (("augment", "builds", "mnist_s2_expand", "recipe"), "s3_nothing",
+         "augment: builds.mnist_s2_expand.recipe: no recipe 's3_nothing'; known: s2_expand, s1_copies, s0_light"),
     ],
 )
 def test_bad_values_name_the_field_path(tmp_path, path, value, message):
@@ -125,6 +140,19 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         params.load(tmp_path / "nope.yaml", "split")
     with pytest.raises(ParamsError, match="expected a mapping of sections, got list"):
         params.load(write_params(tmp_path, "- 1\n"), "split")
+
+
+def test_load_key_validates_one_entry_without_the_rest(tmp_path):
+    path = write_params(tmp_path, "augment:\n  recipes:\n    r:\n      source: train\n      views: {v: {rotation: 5}}\n"
+                        "      copies: '2'\n      balance: false\n      originals: false\n      seed: 0\n")
+    with pytest.raises(ParamsError, match=r"^augment.recipes.r.copies: expected int, got '2'$"):
+        params.load_key(path, "augment.recipes.r")
+    with pytest.raises(ParamsError, match=r"^augment.recipes.q: missing required key$"):
+        params.load_key(path, "augment.recipes.q")
+    with pytest.raises(ParamsError, match=r"augment.nope: no such key in the params schema"):
+        params.load_key(path, "augment.nope")
+    recipe = params.load_key(ROOT / "params.yaml", "augment.recipes.s0_light")
+    assert recipe.views["light"].ops()["noise"] == {"strength": 4.0}
 
 
 def test_sections_are_immutable():

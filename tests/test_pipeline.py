@@ -56,8 +56,10 @@ def built(tmp_path_factory):
 
 def test_repro_builds_every_stage_with_the_expected_splits(built):
     root, output = built
+    builds = {"mnist_s2_expand", "mnist_s0_light", "fashion_mnist_s2_expand", "fashion_mnist_s1_copies",
+              "fashion_mnist_s0_light"}
     assert ran(output) == {f"{stage}@{dataset}" for stage in ("download", "split", "preprocess")
-                           for dataset in ("mnist", "fashion_mnist")}
+                           for dataset in ("mnist", "fashion_mnist")} | {f"augment@{b}" for b in builds}
     mnist = shards.read_manifest(root / "data/split/mnist")["splits"]
     assert {k: v["rows"] for k, v in mnist.items()} == {
         "train": 55000, "val": 5000, "train_100": 100, "train_1000": 1000, "train_10000": 10000, "test": 10000
@@ -72,6 +74,13 @@ def test_repro_builds_every_stage_with_the_expected_splits(built):
         assert train.images.shape[1:] == (28, 28)
     stats = json.loads((root / "data/preprocessed/mnist.json").read_text())
     assert abs(stats["mean"] - 0.1307) < 1e-3 and abs(stats["std"] - 0.3081) < 1e-3
+    rows = {b: shards.read_manifest(root / "data/augmented" / b.replace("_s", "/s", 1))["splits"] for b in builds}
+    assert rows["mnist_s2_expand"]["s2_expand"]["class_counts"] == [1000] * 10
+    assert rows["fashion_mnist_s1_copies"]["s1_copies"]["rows"] == 144_000
+    assert rows["mnist_s0_light"]["s0_light"]["rows"] == 110_000
+    expanded = shards.read_split(root / "data/augmented/mnist/s2_expand", "s2_expand")
+    subset = shards.read_split(root / "data/split/mnist", "train_100")
+    assert set(expanded.extra["source_id"].tolist()) == set(subset.ids.tolist())
 
 
 def test_second_repro_runs_nothing(built):
@@ -83,7 +92,8 @@ def test_second_repro_runs_nothing(built):
 def test_rerun_is_byte_identical(built):
     root, _ = built
     before = digests(root / "data")
-    for stage in ("split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist"):
+    for stage in ("split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist",
+                  "augment@mnist_s2_expand", "augment@fashion_mnist_s1_copies"):
         output = sh(root, "dvc", "repro", "--force", "--single-item", stage)
         assert ran(output) == {stage}
     assert digests(root / "data") == before
@@ -101,10 +111,19 @@ def test_push_then_pull_restores_outputs(built, tmp_path):
     assert digests(root / "data/split") == before
 
 
-def test_exp_run_with_new_seed_reruns_split_and_below_only(built):
+def test_exp_run_of_one_recipe_reruns_only_its_stages(built):
     root, _ = built
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock")
+    output = sh(root, "dvc", "exp", "run", "-S", "augment.recipes.s2_expand.views.keras.rotation=30")
+    assert ran(output) == {"augment@mnist_s2_expand", "augment@fashion_mnist_s2_expand"}
+    assert "rotation: 30           # degrees" in (root / "params.yaml").read_text()  # comments kept
+    sh(root, "git", "checkout", "params.yaml", "dvc.lock")
+    sh(root, "dvc", "checkout", "-q")
+
+
+def test_exp_run_with_new_seed_reruns_split_and_below_only(built):
+    root, _ = built
     output = sh(root, "dvc", "exp", "run", "-S", "split.seed=1")
     stages = ran(output)
     assert {"split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist"} <= stages

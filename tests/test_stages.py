@@ -17,6 +17,7 @@ from ruamel.yaml import YAML
 from conftest import ROOT, synthetic_arrays, write_idx_folder
 
 YAML_SAFE = YAML(typ="safe", pure=True)
+YAML_SAFE.sort_base_mapping_type_on_output = False  # keep params order: sources are tried in order
 PLUMBING = {"__init__", "cli", "params", "files"}  # shape no output; not listed as stage deps
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
@@ -61,6 +62,8 @@ def project(tmp_path_factory):
     params["download"]["datasets"] = {"toy": {"sources": {"incoming": {"folder": str(root / "incoming")}}}}
     params["split"]["datasets"] = {"toy": {"mode": "stratified", "val_size": 40}}
     params["split"]["subsets"] = [10, 20]
+    params["augment"]["recipes"]["s2_expand"]["source"] = "train_10"
+    params["augment"]["builds"] = {f"toy_{r}": {"dataset": "toy", "recipe": r} for r in params["augment"]["recipes"]}
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(params, f)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True, env=ENV)
@@ -75,7 +78,10 @@ def run_stage(root: Path, stage: dict, params: dict) -> subprocess.CompletedProc
 
 def test_each_stage_runs_with_only_its_declared_params(project):
     root, params, found = project
-    assert [s["name"] for s in found] == ["download@toy", "split@toy", "preprocess@toy"]
+    assert [s["name"] for s in found] == [
+        "download@toy", "split@toy", "preprocess@toy",
+        "augment@toy_s2_expand", "augment@toy_s1_copies", "augment@toy_s0_light",
+    ]
     for stage in found:
         done = run_stage(root, stage, params)
         assert done.returncode == 0, f"{stage['name']}: {done.stderr}"
@@ -83,6 +89,9 @@ def test_each_stage_runs_with_only_its_declared_params(project):
             assert (root / out).exists(), f"{stage['name']} did not write {out}"
     stats = YAML_SAFE.load((root / "data/preprocessed/toy.json").read_text())
     assert stats["fit_rows"] == 260 and stats["pad_to"] == params["preprocess"]["pad_to"]
+    manifest = YAML_SAFE.load((root / "data/augmented/toy/s2_expand/manifest.json").read_text())
+    assert manifest["splits"]["s2_expand"]["class_counts"] == [100] * 10 and manifest["source"] == "train_10"
+    assert (root / "data/augmented/toy/s1_copies.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def imported_modules(path: Path) -> set[str]:
