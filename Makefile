@@ -33,6 +33,7 @@ apt-index:
 
 bench: install  ## speed and memory benchmarks (need `make repro` data); print ratios
 	$(RUN) python bench/read_split.py
+	$(RUN) python bench/augment_speed.py
 
 clean-venv:
 	rm -rf $(VENV)
