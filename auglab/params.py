@@ -163,11 +163,104 @@ class AugmentSection(Section):
         return self
 
 
+# --- train ----------------------------------------------------------------------------------
+
+
+class Optimizer(Section):
+    name: Literal["adam", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam"]
+    lr: PositiveFloat  # learning rate (the peak for onecycle)
+    momentum: NonNegativeFloat  # sgd and rmsprop only
+    nesterov: bool  # sgd only
+    weight_decay: NonNegativeFloat  # the optimizer's own (coupled) weight decay
+
+
+class Schedule(Section):
+    name: Literal["constant", "step", "cosine", "onecycle", "plateau"]
+    step_epochs: PositiveInt  # step: multiply the lr by gamma every this many epochs
+    gamma: Annotated[float, Field(gt=0, lt=1)]  # step and plateau: lr factor
+    patience: NonNegativeInt  # plateau: epochs without a better val loss before cutting the lr
+    warmup: Annotated[float, Field(gt=0, lt=1)]  # onecycle: fraction of steps spent rising
+
+
+class Experiment(Section):
+    """One training run, after train.defaults are merged under the experiment's own keys."""
+
+    dataset: str  # a key of split.datasets
+    shards: str  # shard directory under data/ holding the training splits
+    train: Annotated[list[str], Field(min_length=1)]  # splits of `shards` trained on
+    real: str | None  # plus this split of data/split/<dataset> (originals beside synthetic), or null
+    val: str  # split of data/split/<dataset> scored after every epoch
+    model: str  # a key of auglab.models.MODELS
+    model_kwargs: dict[str, Any]  # constructor arguments of the model
+    optimizer: Optimizer
+    schedule: Schedule
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    l1: NonNegativeFloat  # L1 penalty on conv and dense weights
+    l2: NonNegativeFloat  # L2 penalty on conv and dense weights
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    early_stopping: NonNegativeInt  # patience in epochs on val loss (restores the best); 0 = off
+    augment: dict[str, View]  # on-the-fly views applied to each batch on the device; {} = none
+    seed: NonNegativeInt
+    device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when present
+    precision: Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 autocast where native
+    channels_last: bool  # NHWC memory layout for convolutions
+    init: str | None  # transfer learning: the experiment whose model initializes this one
+    freeze: bool  # with init: train only the tensors that were not transferred
+
+
+INTERPOLATED = ("dataset", "shards", "model")  # dvc.yaml reads these from each entry itself
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """Deep merge: mappings merge key by key, anything else in `override` replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "model_kwargs":
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def experiment(defaults: dict, entry: dict, where: str) -> Experiment:
+    """Validate `entry` merged over `defaults`; errors name `where` (train.experiments.<name>)."""
+    if not isinstance(entry, dict):
+        raise ParamsError(f"{where}: expected mapping, got {entry!r}")
+    missing = [key for key in INTERPOLATED if key not in entry]
+    if missing:
+        raise ParamsError(f"{where}.{missing[0]}: missing required key (dvc.yaml reads it from the entry)")
+    try:
+        return Experiment.model_validate(_merge(defaults, entry))
+    except ValidationError as e:
+        raise ParamsError("; ".join(_describe(err, where) for err in e.errors())) from None
+
+
+class TrainSection(Section):
+    defaults: dict[str, Any]  # keys every experiment inherits unless it sets them itself
+    experiments: dict[str, dict[str, Any]]  # one train@<name> stage each
+    finetune: dict[str, dict[str, Any]]  # one finetune@<name> stage each; these set `init`
+
+    @model_validator(mode="after")
+    def _experiments_validate(self) -> TrainSection:
+        for group in ("experiments", "finetune"):
+            for name, entry in getattr(self, group).items():
+                if group == "finetune" and isinstance(entry, dict) and "init" not in entry:
+                    raise ValueError(f"finetune.{name}.init: missing required key (dvc.yaml reads it)")
+                run = experiment(self.defaults, entry, f"train.{group}.{name}")
+                if (group == "finetune") != (run.init is not None):
+                    raise ValueError(f"{group}.{name}.init: finetune entries set init, experiments do not")
+                if run.init is not None and run.init not in self.experiments:
+                    raise ValueError(f"{group}.{name}.init: no experiment {run.init!r}")
+        return self
+
+
 SECTIONS: dict[str, type[Section]] = {
     "download": DownloadSection,
     "split": SplitSection,
     "preprocess": PreprocessSection,
     "augment": AugmentSection,
+    "train": TrainSection,
 }
 
 
@@ -284,6 +377,13 @@ def load_key(path: Path, dotted: str) -> Any:
         return TypeAdapter(kind, config=strict).validate_python(data)
     except ValidationError as e:
         raise ParamsError("; ".join(_describe(err, dotted) for err in e.errors())) from None
+
+
+def load_experiment(path: Path, group: str, name: str) -> Experiment:
+    """train.<group>.<name> merged over train.defaults, validated (what train stages declare)."""
+    defaults = load_key(path, "train.defaults")
+    entry = load_key(path, f"train.{group}.{name}")
+    return experiment(defaults, entry, f"train.{group}.{name}")
 
 
 def check(path: Path) -> None:

@@ -1,0 +1,394 @@
+"""Train one experiment: data resident on the device as uint8, batches by indexing a seeded
+permutation, augmentation and normalization on the batch, autocast, resumable checkpoints.
+
+The loop is the whole story (airbench-style): no Dataset, no DataLoader. Each epoch draws one
+permutation from a torch.Generator, gathers uint8 rows by index, optionally augments them on the
+device with auglab.augment's batched ops, turns them into normalized float input (padding for
+LeNet-5), and steps. A checkpoint holding everything the next epoch depends on (weights,
+optimizer, scheduler, every random state, history, best weights) is written atomically after each
+epoch, so a killed run resumes and ends with the same weights as an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from auglab import AuglabError, augment, models, preprocess
+from auglab.params import Experiment
+
+EVAL_BATCH = 1024
+
+
+# --- device and precision: decided here, once ---------------------------------------------------
+
+
+def choose_device(name: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU; `cuda` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AuglabError("device 'cuda': no CUDA device here; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None means plain fp32.
+
+    `auto` picks bf16 where the hardware computes it natively (CUDA with bf16, CPUs with
+    AVX512-BF16/AMX, 5x faster than fp32 here) and fp16 on older GPUs.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else None
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceData:
+    """A labelled set on the device: images (N, 1, H, W) uint8, labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def from_numpy(cls, images: np.ndarray, labels: np.ndarray, device: torch.device) -> DeviceData:
+        host_images = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
+        host_labels = torch.from_numpy(labels.astype(np.int64))
+        if device.type == "cuda":  # pinned pages let the one copy to the GPU run asynchronously
+            host_images, host_labels = host_images.pin_memory(), host_labels.pin_memory()
+        return cls(host_images.to(device, non_blocking=True), host_labels.to(device, non_blocking=True))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def digest(self) -> str:
+        """sha256 of the pixels and labels: identifies the data a checkpoint was trained on."""
+        h = hashlib.sha256(self.images.cpu().numpy().tobytes())
+        h.update(self.labels.cpu().numpy().tobytes())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """How uint8 batches become model input: normalization statistics and the model's side."""
+
+    mean: float
+    std: float
+    size: int
+    channels_last: bool
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = preprocess.to_input(batch, self.mean, self.std, self.size)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+# --- optimizer, schedule, penalty, objective -------------------------------------------------
+
+
+def make_optimizer(parameters, config) -> torch.optim.Optimizer:
+    """An optimizer from params (`experiment.optimizer`)."""
+    name, lr, decay = config.name, config.lr, config.weight_decay
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr, momentum=config.momentum, nesterov=config.nesterov,
+                               weight_decay=decay)
+    if config.nesterov:
+        raise AuglabError(f"optimizer {name}: nesterov applies to sgd only (nadam is Adam's)")
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr, momentum=config.momentum, weight_decay=decay)
+    if config.momentum:
+        raise AuglabError(f"optimizer {name}: momentum applies to sgd and rmsprop only")
+    kinds = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "adadelta": torch.optim.Adadelta,
+             "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam}
+    return kinds[name](parameters, lr, weight_decay=decay)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, config, epochs: int, steps: int):
+    """(scheduler or None, 'step' | 'epoch' | 'val'): when the trainer calls scheduler.step()."""
+    name = config.name
+    if name == "constant":
+        return None, "epoch"
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, config.step_epochs, config.gamma), "epoch"
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps), "step"
+    if name == "onecycle":
+        lr = optimizer.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps,
+                                                   pct_start=config.warmup), "step"
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.gamma,
+                                                      patience=config.patience), "val"
+
+
+def penalty(model: nn.Module, l1: float, l2: float) -> torch.Tensor | float:
+    """Keras-style kernel regularizers: l1*sum|w| + l2*sum w^2 over conv and dense weights."""
+    if not (l1 or l2):
+        return 0.0
+    weights = [p for p in model.parameters() if p.dim() > 1]
+    total = 0.0
+    if l1:
+        total = total + l1 * sum(w.abs().sum() for w in weights)
+    if l2:
+        total = total + l2 * sum(w.square().sum() for w in weights)
+    return total
+
+
+def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, smoothing: float):
+    """(loss, scores): the model's own objective when it has one (CapsNet), else cross-entropy."""
+    if hasattr(model, "objective"):
+        return model.objective(x, y)
+    scores = model(x)
+    return F.cross_entropy(scores.float(), y, label_smoothing=smoothing), scores
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceData, inputs: Inputs, dtype: torch.dtype | None) -> tuple[float, float]:
+    """(mean loss, accuracy) of a model on a set, in eval mode, without augmentation."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    device_type = data.images.device.type
+    for start in range(0, len(data), EVAL_BATCH):
+        x = inputs(data.images[start : start + EVAL_BATCH])
+        y = data.labels[start : start + EVAL_BATCH]
+        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            loss, scores = objective(model, x, y, 0.0)
+        loss_sum += loss.item() * len(y)
+        correct += (scores.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return loss_sum / len(data), correct / len(data)
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def fingerprint(experiment: Experiment, train: DeviceData, val: DeviceData, init: str | None) -> str:
+    """What a checkpoint must match to be resumed: the experiment's params and its data."""
+    described = json.dumps(experiment.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256("\n".join([described, train.digest(), val.digest(), init or ""]).encode()).hexdigest()
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save to a temp file, then rename: a kill never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_states(shuffle: torch.Generator, augment_rng: torch.Generator) -> dict:
+    states = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "augment": augment_rng.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng(states: dict, shuffle: torch.Generator, augment_rng: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    shuffle.set_state(states["shuffle"])
+    augment_rng.set_state(states["augment"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_resumable(path: Path, expected: str, log: Callable[[str], None]) -> dict | None:
+    """The checkpoint at `path` if it was written for the same params and data, else None."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a checkpoint we cannot read is not resumed, and says why
+        log(f"not resuming: {path} is unreadable ({type(e).__name__}: {e})")
+        return None
+    if state.get("fingerprint") != expected:
+        log(f"not resuming: {path} was written for different params or data; training from scratch")
+        return None
+    return state
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """What training produced: the final model, per-epoch history, and the best epoch."""
+
+    model: nn.Module
+    history: list[dict]
+    best_epoch: int
+    stopped_early: bool
+
+
+def train(
+    experiment: Experiment,
+    train_data: DeviceData,
+    val_data: DeviceData,
+    stats: dict,
+    checkpoint: Path,
+    on_epoch: Callable[[dict], None] = lambda row: None,
+    log: Callable[[str], None] = print,
+    init_state: dict | None = None,
+    stop_after: int | None = None,
+) -> Result:
+    """Train `experiment` on device-resident data; resume from `checkpoint` when it matches.
+
+    `on_epoch` receives each epoch's metrics row (also replayed for resumed epochs, so a logger
+    sees the whole history). `init_state` is a pretrained model checkpoint for transfer learning.
+    `stop_after` ends the run after that many epochs of this call (tests use it to interrupt).
+    """
+    device = train_data.images.device
+    dtype = autocast_dtype(device, experiment.precision)
+    torch.manual_seed(experiment.seed)  # dropout and init draw from the global generator
+    model = models.build(experiment.model, experiment.model_kwargs).to(device)
+    if init_state is not None:
+        transfer(model, init_state, experiment.freeze, log)
+    if experiment.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    inputs = Inputs(stats["mean"], stats["std"], model.image_size, experiment.channels_last)
+    steps = math.ceil(len(train_data) / experiment.batch_size)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trainable, experiment.optimizer)
+    scheduler, schedule_every = make_schedule(optimizer, experiment.schedule, experiment.epochs, steps)
+    shuffle = torch.Generator(device=device).manual_seed(experiment.seed)
+    augment_rng = torch.Generator(device=device).manual_seed(experiment.seed + 1)
+    views = [view.ops() for view in experiment.augment.values()]
+    expected = fingerprint(experiment, train_data, val_data, init_state and init_state.get("name"))
+
+    history: list[dict] = []
+    best = {"epoch": 0, "val_loss": math.inf, "state": None}
+    start_epoch = 0
+    state = load_resumable(checkpoint, expected, log)
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        _restore_rng(state["rng"], shuffle, augment_rng)
+        history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        log(f"resuming from {checkpoint} after epoch {start_epoch}")
+        for row in history:
+            on_epoch(row)
+
+    stopped = False
+    for epoch in range(start_epoch, experiment.epochs):
+        if stop_after is not None and epoch - start_epoch >= stop_after:
+            break
+        if experiment.early_stopping and epoch - best["epoch"] >= experiment.early_stopping:
+            stopped = True
+            break
+        model.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(train_data), generator=shuffle, device=device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{experiment.epochs}", unit="step",
+                   file=sys.stderr, leave=False, mininterval=1.0)
+        for step in bar:
+            rows = order[step * experiment.batch_size : (step + 1) * experiment.batch_size]
+            batch, y = train_data.images[rows], train_data.labels[rows]
+            for v, ops in enumerate(views):  # on-the-fly views: each image gets one of them
+                chosen = (rows % len(views)) == v if len(views) > 1 else slice(None)
+                batch[chosen] = augment.apply_view(batch[chosen], ops, augment_rng)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss, scores = objective(model, inputs(batch), y, experiment.label_smoothing)
+                loss = loss + penalty(model, experiment.l1, experiment.l2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if schedule_every == "step":
+                scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (scores.detach().argmax(1) == y).sum()
+            if step % 50 == 0:
+                seen = min((step + 1) * experiment.batch_size, len(train_data))
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
+                                img_s=f"{seen / (time.perf_counter() - started):,.0f}")
+        seconds = time.perf_counter() - started
+        val_loss, val_acc = evaluate(model, val_data, inputs, dtype)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum.item() / len(train_data),
+            "train_acc": correct.item() / len(train_data),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "img_per_s": len(train_data) / seconds,
+        }
+        if schedule_every == "epoch" and scheduler is not None:
+            scheduler.step()
+        elif schedule_every == "val":
+            scheduler.step(val_loss)
+        if val_loss < best["val_loss"]:
+            best = {"epoch": epoch + 1, "val_loss": val_loss,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        history.append(row)
+        on_epoch(row)
+        log(f"epoch {epoch + 1}/{experiment.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}, "
+            f"val loss {val_loss:.4f} acc {val_acc:.4f}, {row['img_per_s']:,.0f} img/s")
+        save_atomic({
+            "fingerprint": expected, "epoch": epoch + 1, "history": history, "best": best,
+            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": _rng_states(shuffle, augment_rng),
+            "name": experiment.model, "kwargs": experiment.model_kwargs,
+        }, checkpoint)
+
+    if experiment.early_stopping and best["state"] is not None:
+        model.load_state_dict(best["state"])  # Keras' restore_best_weights
+    return Result(model, history, best["epoch"], stopped)
+
+
+def transfer(model: nn.Module, state: dict, freeze: bool, log: Callable[[str], None]) -> None:
+    """Copy the pretrained tensors whose name and shape match, except the classifier (the last
+    Linear layer, which learns the new task from scratch); `freeze` trains the classifier only."""
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    fresh = {name for name, p in model.named_parameters() if any(p is q for q in classifier.parameters())}
+    own = model.state_dict()
+    copied = {k: v for k, v in state["state_dict"].items()
+              if k in own and own[k].shape == v.shape and k not in fresh}
+    if not copied:
+        raise AuglabError(f"transfer from {state['name']!r}: no tensor matches {type(model).__name__}'s")
+    model.load_state_dict(copied, strict=False)
+    if freeze:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = name not in copied
+    log(f"transfer: {len(copied)} of {len(own)} tensors from a {state['name']} model"
+        f"{'; only the rest train' if freeze else ''}")
+
+
+def save_model(path: Path, experiment: Experiment, model: nn.Module, stats: dict, class_names: list[str]) -> None:
+    """The model checkpoint evaluation reads: {name, kwargs, state_dict} plus what input needs."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_atomic({"name": experiment.model, "kwargs": experiment.model_kwargs, "state_dict": state,
+                 "image_size": model.image_size, "mean": stats["mean"], "std": stats["std"],
+                 "class_names": class_names, "dataset": experiment.dataset}, path)
+
+
+def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
+    """Rebuild a saved model (weights_only: no code runs from the file), in eval mode."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = models.build(state["name"], state["kwargs"])
+    model.load_state_dict(state["state_dict"])
+    return model.to(device).eval(), state

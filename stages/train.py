@@ -1,0 +1,66 @@
+"""Stage train@<experiment> (and finetune@<experiment>): train one experiment on the device,
+logging every epoch with DVCLive; write the model. A killed run resumes from its checkpoint."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from dvclive import Live
+
+from auglab import cli, params, shards, train
+from auglab.files import atomic_dir
+
+
+def load_set(directory: Path, splits: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    parts = [shards.read_split(directory, name) for name in splits]
+    return np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts])
+
+
+def main(args) -> None:
+    experiment = params.load_experiment(args.params, args.group, args.experiment)
+    device = train.choose_device(experiment.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # tiny activations otherwise slow CPU math up to 4x
+    images, labels = load_set(args.shards, experiment.train)
+    if experiment.real is not None:
+        real_images, real_labels = load_set(args.splits, [experiment.real])
+        images, labels = np.concatenate([real_images, images]), np.concatenate([real_labels, labels])
+    train_data = train.DeviceData.from_numpy(images, labels, device)
+    val = shards.read_split(args.splits, experiment.val)
+    val_data = train.DeviceData.from_numpy(val.images, val.labels, device)
+    stats = json.loads(args.stats.read_text())
+    init = torch.load(args.init, map_location="cpu", weights_only=True) if args.init else None
+    cli.log(f"{args.experiment}: {experiment.model} on {len(train_data):,} images "
+            f"({', '.join(experiment.train)}{' + ' + experiment.real if experiment.real else ''}), "
+            f"device {device}, autocast {train.autocast_dtype(device, experiment.precision)}")
+    with atomic_dir(args.out) as staging:
+        with Live(dir=str(staging / "live"), save_dvc_exp=False, dvcyaml=None) as live:
+
+            def log_epoch(row: dict) -> None:
+                for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s"):
+                    live.log_metric(key.replace("_", "/", 1) if key.startswith(("train", "val")) else key,
+                                    row[key], plot=True)
+                live.next_step()
+
+            result = train.train(experiment, train_data, val_data, stats, args.checkpoint,
+                                 on_epoch=log_epoch, log=cli.log, init_state=init)
+            live.summary.update({"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                                 "stopped_early": result.stopped_early,
+                                 "train_seconds": round(sum(r["seconds"] for r in result.history), 1)})
+        class_names = shards.read_manifest(args.splits)["class_names"]
+        train.save_model(staging / "model.pt", experiment, result.model, stats, class_names)
+    args.checkpoint.unlink(missing_ok=True)  # finished: the next run starts fresh
+
+
+if __name__ == "__main__":
+    parser = cli.parser(__doc__)
+    parser.add_argument("--group", choices=("experiments", "finetune"), default="experiments")
+    parser.add_argument("--experiment", required=True, help="a key of train.<group>")
+    parser.add_argument("--splits", type=Path, required=True, help="the dataset's split directory")
+    parser.add_argument("--shards", type=Path, required=True, help="shard directory of the training splits")
+    parser.add_argument("--stats", type=Path, required=True, help="normalization statistics JSON")
+    parser.add_argument("--init", type=Path, help="pretrained model.pt (finetune)")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="resumable checkpoint (scratch)")
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    cli.run(main, parser)
