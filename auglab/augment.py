@@ -267,7 +267,7 @@ def write_recipe(
     layout = shards.schema(height=height, width=width, dataset=source.metadata["dataset"], split=name,
                            classes=int(source.metadata["classes"]), augmented=True)
     bar = tqdm(total=total, unit="img", desc=f"{source.metadata['dataset']}/{name}", file=sys.stderr,
-               mininterval=1.0)
+               mininterval=1.0, disable=None)  # None: a bar on a terminal, quiet in logs
     with bar, shards.ShardWriter(directory, layout, total, rows_per_shard=rows_per_shard) as writer:
         if originals:
             writer.write(np.arange(len(source)), source.labels, source.images, source_id=source.ids,

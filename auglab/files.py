@@ -60,8 +60,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = temp_path(final)
-    shutil.rmtree(tmp, ignore_errors=True)  # left over from a killed run with a recycled pid
     tmp.mkdir()
     try:
         yield tmp

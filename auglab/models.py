@@ -63,11 +63,40 @@ def per_layer(key: str, value: float | Sequence[float], count: int) -> list:
     return values
 
 
+class ByteDropout(nn.Module):
+    """Inverted dropout whose CPU mask comes from random bytes, seven per 64-bit draw.
+
+    torch's CPU dropout draws one Bernoulli sample per element: a third of s0_cnn's training
+    step here (bench/train_speed.py). Comparing random bytes with round(256 (1 - p)) is ~10x
+    cheaper; the drop probability becomes a multiple of 1/256 (0.25 and 0.5 exactly, 0.3 ->
+    0.3008). On CUDA, torch's fused dropout is already fast and is used as is.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.keep = round(256 * (1 - p))  # mask entries: byte < keep, byte uniform in 0..255
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(...) -> (...), same shape; identity in eval mode."""
+        if not self.training or self.p == 0:
+            return x
+        if x.is_cuda:
+            return F.dropout(x, self.p, training=True)
+        words = torch.empty((x.numel() + 6) // 7, dtype=torch.int64).random_(0, 1 << 56)  # 56 random bits
+        random_bytes = words.view(torch.uint8).view(-1, 8)[:, :7].reshape(-1)[: x.numel()]  # little-endian
+        mask = (random_bytes < self.keep).view(x.shape)
+        return x * mask * (256 / self.keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def dropout_layers(p: float) -> list[nn.Module]:
-    """[Dropout(p)] or [] when p == 0, so a net without dropout prints without no-op layers."""
+    """[ByteDropout(p)] or [] when p == 0, so a net without dropout prints without no-op layers."""
     if not 0 <= p < 1:
         raise AuglabError(f"dropout {p}: expected a probability in [0, 1)")
-    return [nn.Dropout(p)] if p > 0 else []
+    return [ByteDropout(p)] if p > 0 else []
 
 
 # --- MLP -------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def write_splits(
     height, width = images.shape[1:]
     rows = make_splits(labels, mode, val_size, subsets, classes, seed)
     written = {}
-    for name, chosen in tqdm(rows.items(), desc=f"{dataset} splits", unit="split", file=sys.stderr):
+    for name, chosen in tqdm(rows.items(), desc=f"{dataset} splits", unit="split", file=sys.stderr, disable=None):
         layout = shards.schema(height=height, width=width, dataset=dataset, split=name, classes=classes)
         written[name] = shards.write_split(directory, layout, chosen, labels[chosen], images[chosen])
     if "test_images" in arrays:

@@ -12,9 +12,9 @@ epoch, so a killed run resumes and ends with the same weights as an uninterrupte
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from auglab import AuglabError, augment, models, preprocess
+from auglab.files import write_bytes_atomic
 from auglab.params import Experiment
 
 EVAL_BATCH = 1024
@@ -190,11 +191,12 @@ def fingerprint(experiment: Experiment, train: DeviceData, val: DeviceData, init
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temp file, then rename: a kill never leaves a torn checkpoint."""
+    """torch.save into memory, then an atomic write: a kill never leaves a torn file, and the
+    bytes do not depend on a temp file's name (torch.save names its archive after the file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _rng_states(shuffle: torch.Generator, augment_rng: torch.Generator) -> dict:
@@ -303,13 +305,15 @@ def train(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{experiment.epochs}", unit="step",
-                   file=sys.stderr, leave=False, mininterval=1.0)
+                   file=sys.stderr, leave=False, mininterval=1.0, disable=None)  # None: off unless a TTY
         for step in bar:
             rows = order[step * experiment.batch_size : (step + 1) * experiment.batch_size]
             batch, y = train_data.images[rows], train_data.labels[rows]
-            for v, ops in enumerate(views):  # on-the-fly views: each image gets one of them
-                chosen = (rows % len(views)) == v if len(views) > 1 else slice(None)
-                batch[chosen] = augment.apply_view(batch[chosen], ops, augment_rng)
+            if views:  # on the fly: every image gets one view, drawn at random
+                which = torch.randint(len(views), (len(rows),), generator=augment_rng, device=device)
+                for v, ops in enumerate(views):
+                    chosen = which == v
+                    batch[chosen] = augment.apply_view(batch[chosen], ops, augment_rng)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss, scores = objective(model, inputs(batch), y, experiment.label_smoothing)
                 loss = loss + penalty(model, experiment.l1, experiment.l2)
@@ -323,7 +327,7 @@ def train(
             if step % 50 == 0:
                 seen = min((step + 1) * experiment.batch_size, len(train_data))
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
-                                img_s=f"{seen / (time.perf_counter() - started):,.0f}")
+                                img_s=f"{seen / (time.perf_counter() - started):,.0f}", refresh=False)
         seconds = time.perf_counter() - started
         val_loss, val_acc = evaluate(model, val_data, inputs, dtype)
         row = {

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from auglab import AuglabError
+from auglab import AuglabError, models
 from auglab.models import MODELS, build, count_parameters, flops_per_image, margin_loss
 
 # Narrow versions of every registry entry (same layer structure, fewer filters) for the tests
@@ -130,7 +130,7 @@ def test_memorizes_64_random_images(name, flush_denormals):
     torch.manual_seed(0)
     model = build(name, SMALL[name])
     for module in model.modules():
-        if isinstance(module, nn.Dropout):
+        if isinstance(module, (nn.Dropout, models.ByteDropout)):
             module.p = 0.0  # dropout fights memorization by design; its masks are tested above
     x, y = batch(model, 64)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -248,3 +248,18 @@ def test_unknown_activation_lists_the_known_ones():
 def test_bad_values_name_the_model_and_the_value(name, kwargs, message):
     with pytest.raises(AuglabError, match=f"^model '{name}': .*{message}"):
         build(name, kwargs)
+
+
+@pytest.mark.parametrize("p", [0.25, 0.3, 0.5])
+def test_byte_dropout_keeps_the_expected_fraction_and_the_mean(p):
+    layer = models.ByteDropout(p).train()
+    x = torch.ones(400_000)
+    torch.manual_seed(0)
+    y = layer(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - layer.keep / 256) < 0.005 and abs(layer.keep / 256 - (1 - p)) <= 1 / 512
+    assert abs(y.mean().item() - 1.0) < 0.01  # inverted scaling keeps the expectation
+    torch.manual_seed(0)
+    assert torch.equal(layer(x), y)  # drawn from the global generator: seeded runs repeat
+    assert torch.equal(layer.eval()(x), x)
+

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ruamel.yaml import YAML
+
 from auglab import shards
 
 from conftest import ROOT
@@ -35,6 +37,25 @@ def digests(path: Path) -> dict[str, str]:
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+TRAINED = {"train@s2_lenet_100", "train@s2_lenet_synthetic", "train@s1_cnn_maxpool", "finetune@s0_transfer_tuned"}
+
+
+def shrink_training(path: Path) -> None:
+    """The CI profile: the real data stages, and four experiments cut to seconds of training."""
+    yaml = YAML()  # round trip: keeps the comments, as `dvc exp run -S` does
+    data = yaml.load(path)
+    experiments, finetune = data["train"]["experiments"], data["train"]["finetune"]
+    for group in (experiments, finetune):
+        for name in list(group):
+            if f"train@{name}" not in TRAINED and f"finetune@{name}" not in TRAINED:
+                del group[name]
+    experiments["s2_lenet_100"]["epochs"] = 3
+    experiments["s2_lenet_synthetic"]["epochs"] = 1
+    experiments["s1_cnn_maxpool"].update(train=["train_1000"], epochs=1)
+    finetune["s0_transfer_tuned"]["epochs"] = 2
+    yaml.dump(data, path)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A fresh git + DVC copy of the project (what a clone holds), after one `dvc repro`."""
@@ -47,6 +68,7 @@ def built(tmp_path_factory):
             shutil.copy2(ROOT / name, root / name)
     for name in ("dvc.lock",):  # a clone may hold a lock; rebuild from nothing regardless
         (root / name).unlink(missing_ok=True)
+    shrink_training(root / "params.yaml")
     sh(root, "git", "init", "-q")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone")
@@ -59,7 +81,7 @@ def test_repro_builds_every_stage_with_the_expected_splits(built):
     builds = {"mnist_s2_expand", "mnist_s0_light", "fashion_mnist_s2_expand", "fashion_mnist_s1_copies",
               "fashion_mnist_s0_light"}
     assert ran(output) == {f"{stage}@{dataset}" for stage in ("download", "split", "preprocess")
-                           for dataset in ("mnist", "fashion_mnist")} | {f"augment@{b}" for b in builds}
+                           for dataset in ("mnist", "fashion_mnist")} | {f"augment@{b}" for b in builds} | TRAINED
     mnist = shards.read_manifest(root / "data/split/mnist")["splits"]
     assert {k: v["rows"] for k, v in mnist.items()} == {
         "train": 55000, "val": 5000, "train_100": 100, "train_1000": 1000, "train_10000": 10000, "test": 10000
@@ -116,7 +138,7 @@ def test_exp_run_of_one_recipe_reruns_only_its_stages(built):
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock")
     output = sh(root, "dvc", "exp", "run", "-S", "augment.recipes.s2_expand.views.keras.rotation=30")
-    assert ran(output) == {"augment@mnist_s2_expand", "augment@fashion_mnist_s2_expand"}
+    assert ran(output) == {"augment@mnist_s2_expand", "augment@fashion_mnist_s2_expand", "train@s2_lenet_synthetic"}
     assert "rotation: 30           # degrees" in (root / "params.yaml").read_text()  # comments kept
     sh(root, "git", "checkout", "params.yaml", "dvc.lock")
     sh(root, "dvc", "checkout", "-q")
@@ -126,6 +148,6 @@ def test_exp_run_with_new_seed_reruns_split_and_below_only(built):
     root, _ = built
     output = sh(root, "dvc", "exp", "run", "-S", "split.seed=1")
     stages = ran(output)
-    assert {"split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist"} <= stages
+    assert {"split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist", "train@s2_lenet_100"} <= stages
     assert not {s for s in stages if s.startswith("download@")}
     assert shards.read_manifest(root / "data/split/fashion_mnist")["seed"] == 1

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 from ruamel.yaml import YAML
@@ -64,6 +66,16 @@ def project(tmp_path_factory):
     params["split"]["subsets"] = [10, 20]
     params["augment"]["recipes"]["s2_expand"]["source"] = "train_10"
     params["augment"]["builds"] = {f"toy_{r}": {"dataset": "toy", "recipe": r} for r in params["augment"]["recipes"]}
+    mlp = {"model": "mlp", "model_kwargs": {"hidden": [16], "dropout": 0.0, "activation": "relu"}, "epochs": 2}
+    params["train"]["experiments"] = {
+        "toy_mlp": {"dataset": "toy", "shards": "split/toy", "train": ["train_20"], **mlp},
+        "toy_synthetic": {"dataset": "toy", "shards": "augmented/toy/s2_expand", "train": ["s2_expand"],
+                          "real": "train_10", "model": "lenet5", "epochs": 1},
+    }
+    params["train"]["finetune"] = {
+        "toy_tuned": {"dataset": "toy", "shards": "split/toy", "train": ["train_10"], "init": "toy_mlp",
+                      "freeze": True, **mlp},
+    }
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(params, f)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True, env=ENV)
@@ -81,6 +93,7 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     assert [s["name"] for s in found] == [
         "download@toy", "split@toy", "preprocess@toy",
         "augment@toy_s2_expand", "augment@toy_s1_copies", "augment@toy_s0_light",
+        "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned",
     ]
     for stage in found:
         done = run_stage(root, stage, params)
@@ -92,6 +105,11 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     manifest = YAML_SAFE.load((root / "data/augmented/toy/s2_expand/manifest.json").read_text())
     assert manifest["splits"]["s2_expand"]["class_counts"] == [100] * 10 and manifest["source"] == "train_10"
     assert (root / "data/augmented/toy/s1_copies.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((root / "artifacts/models/toy_tuned/live/metrics.json").read_text())
+    assert metrics["epochs_run"] == 2 and 0 <= metrics["val"]["acc"] <= 1
+    assert not (root / "artifacts/checkpoints/toy_mlp.pt").exists()  # removed once finished
+    model = torch.load(root / "artifacts/models/toy_synthetic/model.pt", weights_only=True)
+    assert model["name"] == "lenet5" and model["image_size"] == 32 and model["dataset"] == "toy"
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -1,0 +1,138 @@
+"""Bench: training throughput of every zoo model, our loop vs a plain PyTorch loop.
+
+Same images (real MNIST), same model, same optimizer (Adam), same batch size, same process:
+  - ours: auglab.train.train: data resident on the device as uint8, batches by indexing a
+    seeded permutation, normalization on the batch, channels_last + bf16 autocast (auto);
+  - plain: what pytorch/examples/mnist does: a Dataset returning PIL images through
+    ToTensor + Normalize, a DataLoader (shuffle, batch 64), fp32, NCHW.
+Prints img/s, the ratio, forward FLOPs per image and the achieved training GFLOP/s (3x forward).
+Then, if `dvc repro` has run, the training cost of every default experiment from its metrics.
+
+    python bench/train_speed.py [--models cnn,lenet5] [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from auglab import models, params, shards, train
+
+PLAIN_BATCH = 64  # pytorch/examples/mnist's default
+
+
+class PilMnist(Dataset):
+    """torchvision.datasets.MNIST's __getitem__: a PIL image through the transform."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: float, std: float) -> None:
+        self.images, self.labels = images, labels
+        self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.transform(Image.fromarray(self.images[index], mode="L")), int(self.labels[index])
+
+
+def plain_rate(name: str, images: np.ndarray, labels: np.ndarray, stats: dict, seconds: float) -> float:
+    """img/s of the pytorch/examples-style loop, timed after one warm-up batch."""
+    torch.manual_seed(0)
+    model = models.build(name, {})
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    size = model.image_size
+    loader = DataLoader(PilMnist(images, labels, stats["mean"], stats["std"]), batch_size=PLAIN_BATCH, shuffle=True)
+    seen, started = 0, None
+    model.train()
+    for x, y in loader:
+        if size != x.shape[-1]:
+            x = F.pad(x, [(size - x.shape[-1]) // 2] * 4, value=-stats["mean"] / stats["std"])
+        loss, _ = train.objective(model, x, y, 0.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if started is None:
+            started = time.perf_counter()  # after the first (warm-up) batch
+            continue
+        seen += len(y)
+        if time.perf_counter() - started > seconds:
+            break
+    return seen / (time.perf_counter() - started)
+
+
+def our_rate(name: str, images: np.ndarray, labels: np.ndarray, stats: dict, seconds: float,
+             guess: float, precision: str = "auto", channels_last: bool = True) -> float:
+    """img/s of auglab's loop: one epoch sized to last about `seconds`, after a warm-up epoch."""
+    defaults = params.load_key(Path("params.yaml"), "train.defaults")
+    count = int(min(len(labels), max(1024, guess * seconds)))
+    data = train.DeviceData.from_numpy(images[:count], labels[:count], torch.device("cpu"))
+    val = train.DeviceData.from_numpy(images[:256], labels[:256], torch.device("cpu"))
+    entry = {"dataset": "mnist", "shards": "-", "train": ["-"], "model": name, "epochs": 2,
+             "precision": precision, "channels_last": channels_last}
+    experiment = params.experiment(defaults, entry, "bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train.train(experiment, data, val, stats, Path(tmp) / "c.pt", log=lambda m: None)
+    return result.history[-1]["img_per_s"]  # the second epoch: no first-call warm-up inside
+
+
+def experiment_costs(root: Path) -> None:
+    rows = []
+    for metrics in sorted(root.glob("*/live/metrics.json")):
+        m = json.loads(metrics.read_text())
+        if "train_seconds" not in m:
+            continue
+        rows.append((metrics.parts[-3], m["train_seconds"], m["epochs_run"], m["val"]["acc"], m["img_per_s"]))
+    if not rows:
+        return
+    print(f"\nDefault experiments ({root}/*/live/metrics.json), training seconds (epochs + per-epoch val):")
+    for name, seconds, epochs, acc, rate in rows:
+        print(f"  {name:24s} {seconds:7.1f} s  {epochs:3d} epochs  val acc {acc:.4f}  {rate:9,.0f} img/s")
+    print(f"  {'total':24s} {sum(r[1] for r in rows):7.1f} s = {sum(r[1] for r in rows) / 60:.1f} min")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(m for m in models.MODELS))
+    parser.add_argument("--seconds", type=float, default=6.0)
+    args = parser.parse_args()
+    split = Path("data/split/mnist")
+    if not (split / "manifest.json").exists():
+        sys.exit("error: no data/split/mnist; run `dvc repro split@mnist preprocess@mnist` first")
+    train_split = shards.read_split(split, "train")
+    images, labels = train_split.images, train_split.labels
+    stats = json.loads(Path("data/preprocessed/mnist.json").read_text())
+    print(f"{torch.get_num_threads()} threads. plain: pytorch/examples-style DataLoader, batch {PLAIN_BATCH}, fp32; "
+          f"resident: our loop, batch 128, fp32 NCHW; ours: our loop + channels_last + autocast "
+          f"{train.autocast_dtype(torch.device('cpu'), 'auto')} (flush-to-zero on, as in stages/train.py)")
+    print(f"  {'model':12s} {'plain':>8s} {'resident':>9s} {'ours':>8s} {'ours/plain':>10s} {'MFLOP/img':>10s} {'GFLOP/s':>8s}")
+    for name in args.models.split(","):
+        torch.set_flush_denormal(False)  # what a plain script runs with
+        plain = plain_rate(name, images, labels, stats, args.seconds)
+        torch.set_flush_denormal(True)
+        resident = our_rate(name, images, labels, stats, args.seconds, plain * 2, "fp32", False)
+        ours = our_rate(name, images, labels, stats, args.seconds, plain * 4)
+        flops = models.flops_per_image(models.build(name, {}))
+        print(f"  {name:12s} {plain:8,.0f} {resident:9,.0f} {ours:8,.0f} {ours / plain:9.1f}x {flops / 1e6:10.1f} "
+              f"{3 * flops * ours / 1e9:8.1f}", flush=True)
+    if "kaggle_cnn" in args.models.split(","):
+        print("  kaggle_cnn, one trick at a time (img/s):", end="")
+        for precision, layout in (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)):
+            rate = our_rate("kaggle_cnn", images, labels, stats, args.seconds, 2000, precision, layout)
+            print(f"  {precision}{'+channels_last' if layout else ''} {rate:,.0f}", end="", flush=True)
+        print()
+    experiment_costs(Path("artifacts/models"))
+
+
+if __name__ == "__main__":
+    main()
