@@ -370,7 +370,8 @@ def load_key(path: Path, dotted: str) -> Any:
         raise ParamsError(f"{path}: unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
     for part in dotted.split("."):
         if not isinstance(data, dict) or part not in data:
-            raise ParamsError(f"{dotted}: missing required key")
+            present = f"; present: {', '.join(map(str, data))}" if isinstance(data, dict) and data else ""
+            raise ParamsError(f"{dotted}: missing required key{present}")
         data = data[part]
     strict = None if isinstance(kind, type) and issubclass(kind, BaseModel) else ConfigDict(strict=True)
     try:

@@ -95,7 +95,7 @@ def experiment_costs(root: Path) -> None:
         rows.append((metrics.parts[-3], m["train_seconds"], m["epochs_run"], m["val"]["acc"], m["img_per_s"]))
     if not rows:
         return
-    print(f"\nDefault experiments ({root}/*/live/metrics.json), training seconds (epochs + per-epoch val):")
+    print(f"\nDefault experiments ({root}/*/live/metrics.json), training seconds (epochs only, validation excluded):")
     for name, seconds, epochs, acc, rate in rows:
         print(f"  {name:24s} {seconds:7.1f} s  {epochs:3d} epochs  val acc {acc:.4f}  {rate:9,.0f} img/s")
     print(f"  {'total':24s} {sum(r[1] for r in rows):7.1f} s = {sum(r[1] for r in rows) / 60:.1f} min")

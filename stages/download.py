@@ -2,17 +2,14 @@
 
 from pathlib import Path
 
-from auglab import AuglabError, cli, idx, params, sources
+from auglab import cli, idx, params, sources
 from auglab.files import atomic_dir
 
 
 def main(args) -> None:
-    (download,) = params.load(args.params, "download")
-    if args.dataset not in download.datasets:
-        known = ", ".join(download.datasets)
-        raise AuglabError(f"download.datasets: no entry {args.dataset!r}; known: {known}")
-    spec = download.datasets[args.dataset]
-    arrays, source = sources.fetch(args.dataset, spec.sources, download.timeout, log=cli.log)
+    timeout = params.load_key(args.params, "download.timeout")
+    spec = params.load_key(args.params, f"download.datasets.{args.dataset}")
+    arrays, source = sources.fetch(args.dataset, spec.sources, timeout, log=cli.log)
     with atomic_dir(args.out) as staging:
         idx.write_dataset(staging, args.dataset, arrays, source, sources.class_names(args.dataset))
 

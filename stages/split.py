@@ -2,21 +2,18 @@
 
 from pathlib import Path
 
-from auglab import AuglabError, cli, idx, params, split
+from auglab import cli, idx, params, split
 from auglab.files import atomic_dir
 
 
 def main(args) -> None:
-    (section,) = params.load(args.params, "split")
-    if args.dataset not in section.datasets:
-        known = ", ".join(section.datasets)
-        raise AuglabError(f"split.datasets: no entry {args.dataset!r}; known: {known}")
-    spec = section.datasets[args.dataset]
+    seed = params.load_key(args.params, "split.seed")
+    subsets = params.load_key(args.params, "split.subsets")
+    spec = params.load_key(args.params, f"split.datasets.{args.dataset}")
     arrays, raw = idx.read_dataset(args.raw)
     with atomic_dir(args.out) as staging:
         written = split.write_splits(
-            staging, args.dataset, arrays, spec.mode, spec.val_size, section.subsets, section.seed,
-            raw["class_names"],
+            staging, args.dataset, arrays, spec.mode, spec.val_size, subsets, seed, raw["class_names"]
         )
     cli.log(", ".join(f"{name} {info.rows}" for name, info in written.items()))
 

@@ -147,7 +147,7 @@ def test_load_key_validates_one_entry_without_the_rest(tmp_path):
                         "      copies: '2'\n      balance: false\n      originals: false\n      seed: 0\n")
     with pytest.raises(ParamsError, match=r"^augment.recipes.r.copies: expected int, got '2'$"):
         params.load_key(path, "augment.recipes.r")
-    with pytest.raises(ParamsError, match=r"^augment.recipes.q: missing required key$"):
+    with pytest.raises(ParamsError, match=r"^augment.recipes.q: missing required key; present: r$"):
         params.load_key(path, "augment.recipes.q")
     with pytest.raises(ParamsError, match=r"augment.nope: no such key in the params schema"):
         params.load_key(path, "augment.nope")
