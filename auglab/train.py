@@ -184,10 +184,14 @@ def evaluate(model: nn.Module, data: DeviceData, inputs: Inputs, dtype: torch.dt
 # --- checkpoints -----------------------------------------------------------------------------
 
 
-def fingerprint(experiment: Experiment, train: DeviceData, val: DeviceData, init: str | None) -> str:
-    """What a checkpoint must match to be resumed: the experiment's params and its data."""
-    described = json.dumps(experiment.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256("\n".join([described, train.digest(), val.digest(), init or ""]).encode()).hexdigest()
+def fingerprint(experiment: Experiment, train: DeviceData, val: DeviceData, init: dict | None) -> str:
+    """What a checkpoint must match to be resumed: the params, the data and the initial weights."""
+    digest = hashlib.sha256(json.dumps(experiment.model_dump(mode="json"), sort_keys=True).encode())
+    digest.update(f"{train.digest()} {val.digest()}".encode())
+    for name, tensor in sorted((init or {}).get("state_dict", {}).items()):
+        digest.update(name.encode())
+        digest.update(tensor.cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -232,6 +236,43 @@ def load_resumable(path: Path, expected: str, log: Callable[[str], None]) -> dic
 # --- the loop --------------------------------------------------------------------------------
 
 
+def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, step_scheduler, data: DeviceData,
+              order: torch.Tensor, experiment: Experiment, views: list[dict], augment_rng: torch.Generator,
+              inputs: Inputs, dtype: torch.dtype | None, desc: str) -> tuple[float, float]:
+    """One pass over `data` in `order` (a permutation); returns (mean train loss, accuracy)."""
+    model.train()
+    device, size = data.images.device, experiment.batch_size
+    loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    started = time.perf_counter()
+    bar = tqdm(range(math.ceil(len(data) / size)), desc=desc, unit="step", file=sys.stderr,
+               leave=False, mininterval=1.0, disable=None)  # disable=None: a bar on a TTY only
+    for step in bar:
+        rows = order[step * size : (step + 1) * size]
+        batch, y = data.images[rows], data.labels[rows]  # (B, 1, H, W) uint8, (B,) int64
+        if views:  # on the fly: every image gets one view, drawn at random
+            which = torch.randint(len(views), (len(rows),), generator=augment_rng, device=device)
+            for v, ops in enumerate(views):
+                chosen = which == v
+                batch[chosen] = augment.apply_view(batch[chosen], ops, augment_rng)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss, scores = objective(model, inputs(batch), y, experiment.label_smoothing)
+            loss = loss + penalty(model, experiment.l1, experiment.l2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step_scheduler is not None:
+            step_scheduler.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (scores.detach().argmax(1) == y).sum()
+        if step % 50 == 0:
+            seen = min((step + 1) * size, len(data))
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
+                            img_s=f"{seen / (time.perf_counter() - started):,.0f}", refresh=False)
+    return loss_sum.item() / len(data), correct.item() / len(data)
+
+
+
 @dataclass
 class Result:
     """What training produced: the final model, per-epoch history, and the best epoch."""
@@ -268,14 +309,14 @@ def train(
     if experiment.channels_last:
         model = model.to(memory_format=torch.channels_last)
     inputs = Inputs(stats["mean"], stats["std"], model.image_size, experiment.channels_last)
-    steps = math.ceil(len(train_data) / experiment.batch_size)
+    steps = math.ceil(len(train_data) / experiment.batch_size)  # per epoch
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, experiment.optimizer)
     scheduler, schedule_every = make_schedule(optimizer, experiment.schedule, experiment.epochs, steps)
     shuffle = torch.Generator(device=device).manual_seed(experiment.seed)
     augment_rng = torch.Generator(device=device).manual_seed(experiment.seed + 1)
     views = [view.ops() for view in experiment.augment.values()]
-    expected = fingerprint(experiment, train_data, val_data, init_state and init_state.get("name"))
+    expected = fingerprint(experiment, train_data, val_data, init_state)
 
     history: list[dict] = []
     best = {"epoch": 0, "val_loss": math.inf, "state": None}
@@ -299,41 +340,18 @@ def train(
         if experiment.early_stopping and epoch - best["epoch"] >= experiment.early_stopping:
             stopped = True
             break
-        model.train()
         started = time.perf_counter()
         order = torch.randperm(len(train_data), generator=shuffle, device=device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{experiment.epochs}", unit="step",
-                   file=sys.stderr, leave=False, mininterval=1.0, disable=None)  # None: off unless a TTY
-        for step in bar:
-            rows = order[step * experiment.batch_size : (step + 1) * experiment.batch_size]
-            batch, y = train_data.images[rows], train_data.labels[rows]
-            if views:  # on the fly: every image gets one view, drawn at random
-                which = torch.randint(len(views), (len(rows),), generator=augment_rng, device=device)
-                for v, ops in enumerate(views):
-                    chosen = which == v
-                    batch[chosen] = augment.apply_view(batch[chosen], ops, augment_rng)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss, scores = objective(model, inputs(batch), y, experiment.label_smoothing)
-                loss = loss + penalty(model, experiment.l1, experiment.l2)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if schedule_every == "step":
-                scheduler.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (scores.detach().argmax(1) == y).sum()
-            if step % 50 == 0:
-                seen = min((step + 1) * experiment.batch_size, len(train_data))
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
-                                img_s=f"{seen / (time.perf_counter() - started):,.0f}", refresh=False)
+        train_loss, train_acc = run_epoch(
+            model, optimizer, scheduler if schedule_every == "step" else None, train_data, order,
+            experiment, views, augment_rng, inputs, dtype, f"epoch {epoch + 1}/{experiment.epochs}",
+        )
         seconds = time.perf_counter() - started
         val_loss, val_acc = evaluate(model, val_data, inputs, dtype)
         row = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum.item() / len(train_data),
-            "train_acc": correct.item() / len(train_data),
+            "train_loss": train_loss,
+            "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
             "lr": optimizer.param_groups[0]["lr"],

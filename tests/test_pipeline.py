@@ -114,11 +114,14 @@ def test_second_repro_runs_nothing(built):
 def test_rerun_is_byte_identical(built):
     root, _ = built
     before = digests(root / "data")
+    model = root / "artifacts/models/s2_lenet_100/model.pt"
+    trained = hashlib.sha256(model.read_bytes()).hexdigest()
     for stage in ("split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist",
-                  "augment@mnist_s2_expand", "augment@fashion_mnist_s1_copies"):
+                  "augment@mnist_s2_expand", "augment@fashion_mnist_s1_copies", "train@s2_lenet_100"):
         output = sh(root, "dvc", "repro", "--force", "--single-item", stage)
         assert ran(output) == {stage}
     assert digests(root / "data") == before
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == trained  # training is deterministic on CPU
 
 
 def test_push_then_pull_restores_outputs(built, tmp_path):

@@ -203,3 +203,18 @@ def test_experiment_params_errors():
         experiment(label_smoothing=1.5)
     with pytest.raises(params.ParamsError, match=r"test.augment.v.shear: unknown key|test.augment.v.sheer: unknown key"):
         experiment(augment={"v": {"sheer": 3.0}})
+
+
+def test_checkpoint_from_other_initial_weights_is_refused(tmp_path, data):
+    """A finetune whose pretrained model was retrained must not resume the old run."""
+    first = {"name": "cnn", "state_dict": weights(run(tmp_path / "a", experiment(epochs=1), data).model)}
+    second = {"name": "cnn", "state_dict": weights(run(tmp_path / "b", experiment(epochs=1, seed=5), data).model)}
+    exp = experiment(epochs=2, init="pretrained")
+    run(tmp_path, exp, data, init_state=first, stop_after=1)
+    messages = []
+    train.train(exp, *data, STATS, tmp_path / "checkpoint.pt", log=messages.append, init_state=second)
+    assert any("not resuming" in m for m in messages)
+    messages.clear()
+    run(tmp_path / "c", exp, data, init_state=first, stop_after=1)
+    train.train(exp, *data, STATS, tmp_path / "c" / "checkpoint.pt", log=messages.append, init_state=first)
+    assert any(m.startswith("resuming from") for m in messages)
