@@ -223,17 +223,23 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def experiment(defaults: dict, entry: dict, where: str) -> Experiment:
-    """Validate `entry` merged over `defaults`; errors name `where` (train.experiments.<name>)."""
+def merged(model: type[Section], defaults: dict, entry: dict, where: str, interpolated: tuple[str, ...]):
+    """Validate `entry` merged over `defaults` as `model`; errors name `where` (e.g.
+    train.experiments.<name>). Keys dvc.yaml interpolates must be in the entry itself."""
     if not isinstance(entry, dict):
         raise ParamsError(f"{where}: expected mapping, got {entry!r}")
-    missing = [key for key in INTERPOLATED if key not in entry]
+    missing = [key for key in interpolated if key not in entry]
     if missing:
         raise ParamsError(f"{where}.{missing[0]}: missing required key (dvc.yaml reads it from the entry)")
     try:
-        return Experiment.model_validate(_merge(defaults, entry))
+        return model.model_validate(_merge(defaults, entry))
     except ValidationError as e:
         raise ParamsError("; ".join(_describe(err, where) for err in e.errors())) from None
+
+
+def experiment(defaults: dict, entry: dict, where: str) -> Experiment:
+    """A train entry merged over train.defaults, validated."""
+    return merged(Experiment, defaults, entry, where, INTERPOLATED)
 
 
 class TrainSection(Section):
@@ -255,12 +261,72 @@ class TrainSection(Section):
         return self
 
 
+# --- gan ------------------------------------------------------------------------------------
+
+
+class GanConfig(Section):
+    """One GAN build, after gan.defaults are merged under the build's own keys."""
+
+    dataset: str  # a key of split.datasets
+    source: str  # split of data/split/<dataset> the GAN learns from: train, train_100, ...
+    steps: PositiveInt  # optimizer steps of each network
+    batch_size: PositiveInt  # real (and fake) images per step
+    z_dim: PositiveInt  # noise dimensions
+    g_width: PositiveInt  # generator channels at 14x14 (twice that at 7x7)
+    d_width: PositiveInt  # discriminator channels at 14x14 (2x at 7x7, 4x at 4x4)
+    g_lr: PositiveFloat  # generator Adam learning rate
+    d_lr: PositiveFloat  # discriminator Adam learning rate
+    beta1: Annotated[float, Field(ge=0, lt=1)]  # Adam beta1 (0 is usual for hinge GANs)
+    beta2: Annotated[float, Field(ge=0, lt=1)]  # Adam beta2
+    aux_weight: NonNegativeFloat  # weight of the auxiliary classifier's cross-entropy (0: projection only)
+    ema_decay: Annotated[float, Field(ge=0, lt=1)]  # generator weight average per step
+    ema_start: NonNegativeInt  # steps before the average starts (it copies until then)
+    log_every: PositiveInt  # steps per logged loss row
+    checkpoint_every: PositiveInt  # steps between resumable checkpoints
+    samples_per_class: PositiveInt  # images written per class
+    seed: NonNegativeInt  # seeds init, batches, noise and sampling
+    device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when present
+    precision: Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 autocast where native
+
+
+class ScoreBuild(Section):
+    dataset: str  # the GAN build's dataset (dvc.yaml reads it from the entry)
+    extractor: str  # the train experiment whose penultimate layer embeds images for FID
+
+
+class GanScore(Section):
+    fid_samples: PositiveInt  # generated images compared with as many real test images
+    classifier: dict[str, Any]  # the CAS classifier: train keys over train.defaults
+    builds: dict[str, ScoreBuild]  # one gan_score@<build> each, for these gan builds
+
+
+def gan_config(defaults: dict, entry: dict, where: str) -> GanConfig:
+    """A GAN build merged over gan.defaults, validated."""
+    return merged(GanConfig, defaults, entry, where, ("dataset",))
+
+
+class GanSection(Section):
+    defaults: dict[str, Any]  # keys every build inherits unless it sets them itself
+    builds: dict[str, dict[str, Any]]  # one gan@<name> stage each
+    score: GanScore
+
+    @model_validator(mode="after")
+    def _builds_validate(self) -> GanSection:
+        for name, entry in self.builds.items():
+            gan_config(self.defaults, entry, f"gan.builds.{name}")
+        for name in self.score.builds:
+            if name not in self.builds:
+                raise ValueError(f"score.builds.{name}: no gan build {name!r}; known: {', '.join(self.builds)}")
+        return self
+
+
 SECTIONS: dict[str, type[Section]] = {
     "download": DownloadSection,
     "split": SplitSection,
     "preprocess": PreprocessSection,
     "augment": AugmentSection,
     "train": TrainSection,
+    "gan": GanSection,
 }
 
 
@@ -392,3 +458,8 @@ def check(path: Path) -> None:
     data = read_yaml(path)
     load(path, *data)
 
+
+
+def load_gan(path: Path, name: str) -> GanConfig:
+    """gan.builds.<name> merged over gan.defaults, validated (what gan stages declare)."""
+    return gan_config(load_key(path, "gan.defaults"), load_key(path, f"gan.builds.{name}"), f"gan.builds.{name}")

@@ -37,11 +37,12 @@ def digests(path: Path) -> dict[str, str]:
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-TRAINED = {"train@s2_lenet_100", "train@s2_lenet_synthetic", "train@s1_cnn_maxpool", "finetune@s0_transfer_tuned"}
+TRAINED = {"train@s2_lenet_100", "train@s2_lenet_synthetic", "train@s1_cnn_maxpool", "finetune@s0_transfer_tuned",
+           "gan@fashion_mnist", "gan_score@fashion_mnist"}
 
 
 def shrink_training(path: Path) -> None:
-    """The CI profile: the real data stages, and four experiments cut to seconds of training."""
+    """The CI profile: the real data stages, four experiments and one GAN cut to seconds of training."""
     yaml = YAML()  # round trip: keeps the comments, as `dvc exp run -S` does
     data = yaml.load(path)
     experiments, finetune = data["train"]["experiments"], data["train"]["finetune"]
@@ -53,6 +54,10 @@ def shrink_training(path: Path) -> None:
     experiments["s2_lenet_synthetic"]["epochs"] = 1
     experiments["s1_cnn_maxpool"].update(train=["train_1000"], epochs=1)
     finetune["s0_transfer_tuned"]["epochs"] = 2
+    gan = data["gan"]
+    gan["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "steps": 20}}
+    gan["score"]["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "extractor": "s1_cnn_maxpool"}}
+    gan["score"]["classifier"]["epochs"] = 1
     yaml.dump(data, path)
 
 
@@ -103,6 +108,10 @@ def test_repro_builds_every_stage_with_the_expected_splits(built):
     expanded = shards.read_split(root / "data/augmented/mnist/s2_expand", "s2_expand")
     subset = shards.read_split(root / "data/split/mnist", "train_100")
     assert set(expanded.extra["source_id"].tolist()) == set(subset.ids.tolist())
+    generated = shards.read_manifest(root / "data/gan/fashion_mnist")["splits"]["gan"]
+    assert generated["class_counts"] == [6000] * 10
+    score = json.loads((root / "artifacts/gan/fashion_mnist/score.json").read_text())
+    assert score["cas_train_images"] == 48_000 and score["fid_images"] == 10_000 and score["fid"] > 0
 
 
 def test_second_repro_runs_nothing(built):
@@ -116,12 +125,16 @@ def test_rerun_is_byte_identical(built):
     before = digests(root / "data")
     model = root / "artifacts/models/s2_lenet_100/model.pt"
     trained = hashlib.sha256(model.read_bytes()).hexdigest()
+    outputs = ("generator.pt", "grid.png", "losses.png")  # not live/metrics.json: it holds img/s
+    generator = {name: digests(root / "artifacts/gan/fashion_mnist")[name] for name in outputs}
     for stage in ("split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist",
-                  "augment@mnist_s2_expand", "augment@fashion_mnist_s1_copies", "train@s2_lenet_100"):
+                  "augment@mnist_s2_expand", "augment@fashion_mnist_s1_copies", "train@s2_lenet_100",
+                  "gan@fashion_mnist"):
         output = sh(root, "dvc", "repro", "--force", "--single-item", stage)
         assert ran(output) == {stage}
-    assert digests(root / "data") == before
+    assert digests(root / "data") == before  # GAN samples included
     assert hashlib.sha256(model.read_bytes()).hexdigest() == trained  # training is deterministic on CPU
+    assert {name: digests(root / "artifacts/gan/fashion_mnist")[name] for name in outputs} == generator
 
 
 def test_push_then_pull_restores_outputs(built, tmp_path):

@@ -76,6 +76,10 @@ def project(tmp_path_factory):
         "toy_tuned": {"dataset": "toy", "shards": "split/toy", "train": ["train_10"], "init": "toy_mlp",
                       "freeze": True, **mlp},
     }
+    params["gan"]["defaults"].update(steps=12, batch_size=16, log_every=5, checkpoint_every=5, samples_per_class=40)
+    params["gan"]["builds"] = {"toy": {"dataset": "toy"}}
+    params["gan"]["score"]["classifier"]["epochs"] = 1
+    params["gan"]["score"]["builds"] = {"toy": {"dataset": "toy", "extractor": "toy_mlp"}}
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(params, f)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True, env=ENV)
@@ -93,7 +97,7 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     assert [s["name"] for s in found] == [
         "download@toy", "split@toy", "preprocess@toy",
         "augment@toy_s2_expand", "augment@toy_s1_copies", "augment@toy_s0_light",
-        "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned",
+        "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned", "gan@toy", "gan_score@toy",
     ]
     for stage in found:
         done = run_stage(root, stage, params)
@@ -110,6 +114,13 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     assert not (root / "artifacts/checkpoints/toy_mlp.pt").exists()  # removed once finished
     model = torch.load(root / "artifacts/models/toy_synthetic/model.pt", weights_only=True)
     assert model["name"] == "lenet5" and model["image_size"] == 32 and model["dataset"] == "toy"
+    gan_manifest = json.loads((root / "data/gan/toy/manifest.json").read_text())
+    assert gan_manifest["splits"]["gan"]["class_counts"] == [40] * 10 and gan_manifest["source"] == "train"
+    losses = json.loads((root / "artifacts/gan/toy/live/metrics.json").read_text())
+    assert losses["step"] == 12 and losses["steps"] == 12
+    score = json.loads((root / "artifacts/gan/toy/score.json").read_text())
+    assert score["fid"] > 0 and 0 <= score["cas"] <= 1 and score["extractor"] == "toy_mlp"
+    assert not (root / "artifacts/checkpoints/gan_toy.pt").exists()
 
 
 def imported_modules(path: Path) -> set[str]:
