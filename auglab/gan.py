@@ -44,6 +44,7 @@ from auglab.train import DeviceData, autocast_dtype, load_resumable, save_atomic
 
 SAMPLE_BATCH = 1000
 RECALIBRATION_BATCHES = 20
+MAX_ROUNDS = 50  # redraws of rejected samples before giving up
 
 
 # --- pixels ----------------------------------------------------------------------------------
@@ -126,6 +127,7 @@ def build(config: GanConfig) -> tuple[Generator, Discriminator]:
 @dataclass
 class Result:
     generator: Generator  # the EMA generator, batchnorm recalibrated, eval mode
+    discriminator: Discriminator  # eval mode; its auxiliary head can vet samples (`accept`)
     history: list[dict]  # one row per `log_every` steps: step, d_loss, g_loss, d_real, d_fake, img_per_s
 
 
@@ -254,7 +256,7 @@ def train(
     if step < config.steps:  # interrupted on purpose (stop_after): leave a checkpoint to resume
         save()
     recalibrate(ema, torch.Generator(device=device).manual_seed(config.seed + 2), SAMPLE_BATCH)
-    return Result(ema, history)
+    return Result(ema, discriminator.eval(), history)
 
 
 # --- sampling --------------------------------------------------------------------------------
@@ -277,24 +279,58 @@ def sample_labels(per_class: int, classes: int) -> np.ndarray:
     return np.tile(np.arange(classes, dtype=np.uint8), per_class)
 
 
+@torch.no_grad()
+def accept(judge: Discriminator | None, images: torch.Tensor, labels: torch.Tensor, min_confidence: float) -> torch.Tensor:
+    """(B,) bool: the discriminator's auxiliary classifier gives the asked-for class at least
+    `min_confidence` on these uint8 images (all True without a judge or at 0)."""
+    if judge is None or min_confidence <= 0:
+        return torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+    _, logits = judge(to_unit(images), labels)
+    return torch.softmax(logits.float(), 1).gather(1, labels[:, None]).squeeze(1) >= min_confidence
+
+
+def draw_shard(generator: Generator, labels: np.ndarray, rng: torch.Generator, judge: Discriminator | None,
+               min_confidence: float) -> tuple[np.ndarray, int]:
+    """uint8 (N, 28, 28) images of `labels`, each redrawn until `accept` passes it; also how
+    many were drawn in all. Gives up, naming the class, after MAX_ROUNDS rounds."""
+    device = next(generator.parameters()).device
+    out = np.empty((len(labels), 28, 28), dtype=np.uint8)
+    pending, drawn = np.arange(len(labels)), 0
+    for _ in range(MAX_ROUNDS):
+        wanted = torch.from_numpy(labels[pending].astype(np.int64)).to(device)
+        images = sample(generator, wanted, rng)
+        passed = accept(judge, images, wanted, min_confidence).cpu().numpy()
+        out[pending[passed]] = images[torch.from_numpy(passed).to(device)].squeeze(1).cpu().numpy()
+        drawn += len(pending)
+        pending = pending[~passed]
+        if not len(pending):
+            return out, drawn
+    worst = int(np.bincount(labels[pending]).argmax())
+    raise AuglabError(f"gan samples: class {worst} still has {int((labels[pending] == worst).sum())} images below "
+                      f"min_confidence {min_confidence} after {MAX_ROUNDS} rounds; lower gan min_confidence")
+
+
 def write_samples(directory: Path, generator: Generator, per_class: int, dataset: str, seed: int,
-                  rows_per_shard: int = shards.ROWS_PER_SHARD) -> shards.SplitInfo:
-    """`per_class` images of every class as split `gan` (origin=gan, source_id=-1). Each shard
-    draws its noise from its own generator (seed, shard index): the bytes depend only on the
-    weights and the seed."""
+                  judge: Discriminator | None = None, min_confidence: float = 0.0,
+                  rows_per_shard: int = shards.ROWS_PER_SHARD) -> tuple[shards.SplitInfo, float]:
+    """`per_class` images of every class as split `gan` (origin=gan, source_id=-1); returns
+    the split info and the acceptance rate of `accept`. Each shard draws its noise from its own
+    generator (seed, shard index): the bytes depend only on the weights and the seed."""
     if per_class <= 0:
         raise AuglabError(f"gan samples: expected a positive count per class, got {per_class}")
     labels = sample_labels(per_class, generator.classes)
     layout = shards.schema(height=28, width=28, dataset=dataset, split="gan", classes=generator.classes,
                            augmented=True)
+    drawn = 0
     with shards.ShardWriter(directory, layout, len(labels), rows_per_shard=rows_per_shard) as writer:
         for index, start in enumerate(range(0, len(labels), rows_per_shard)):
             rows = labels[start : start + rows_per_shard]
             rng = augment.generator_for(seed, index, str(next(generator.parameters()).device))
-            images = sample(generator, torch.from_numpy(rows.astype(np.int64)), rng).squeeze(1).cpu().numpy()
+            images, tries = draw_shard(generator, rows, rng, judge, min_confidence)
+            drawn += tries
             writer.write(np.arange(start, start + len(rows)), rows, images,
                          source_id=np.full(len(rows), -1), origin=np.full(len(rows), "gan"))
-        return writer.close()
+        return writer.close(), len(labels) / drawn
 
 
 # --- quality: FID on our own features --------------------------------------------------------

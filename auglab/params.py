@@ -284,6 +284,7 @@ class GanConfig(Section):
     log_every: PositiveInt  # steps per logged loss row
     checkpoint_every: PositiveInt  # steps between resumable checkpoints
     samples_per_class: PositiveInt  # images written per class
+    min_confidence: Annotated[float, Field(ge=0, lt=1)]  # D's auxiliary head must give the class this; 0 = keep all
     seed: NonNegativeInt  # seeds init, batches, noise and sampling
     device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when present
     precision: Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 autocast where native
@@ -320,6 +321,28 @@ class GanSection(Section):
         return self
 
 
+# --- report ---------------------------------------------------------------------------------
+
+
+class StudyRow(Section):
+    experiment: str  # a key of train.experiments or train.finetune
+    reported: float | None  # the study's own test accuracy for this row; null if it reports none
+
+
+class Study(Section):
+    title: str  # table heading
+    source: str  # where the reported numbers come from
+    rows: Annotated[dict[str, StudyRow], Field(min_length=1)]  # row label -> experiment and reported number
+    curves: bool  # draw the rows' train/val loss curves
+
+
+class ReportSection(Section):
+    studies: dict[str, Study]  # one table each, in this order
+    sanity: dict[str, str]  # augment build -> experiment (trained on real data) that labels its images
+    filters: str  # experiment whose first-layer filters and feature maps are drawn
+    confusion: list[str]  # experiments whose confusion matrices are drawn
+
+
 SECTIONS: dict[str, type[Section]] = {
     "download": DownloadSection,
     "split": SplitSection,
@@ -327,6 +350,7 @@ SECTIONS: dict[str, type[Section]] = {
     "augment": AugmentSection,
     "train": TrainSection,
     "gan": GanSection,
+    "report": ReportSection,
 }
 
 

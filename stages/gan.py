@@ -2,6 +2,7 @@
 samples as Parquet shards (split `gan`, origin=gan), the generator, a per-class sample grid and
 the loss curves. A killed run resumes from its checkpoint."""
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,19 +62,23 @@ def main(args) -> None:
     data = train.DeviceData.from_numpy(source.images, source.labels, device)
     cli.log(f"gan {args.build}: {config.steps:,} steps on {len(data):,} images ({config.dataset}/{config.source}), "
             f"device {device}, autocast {train.autocast_dtype(device, config.precision)}")
+    started = time.perf_counter()
     result = gan.train(config, data, args.checkpoint, log=cli.log)
+    seconds = time.perf_counter() - started  # this run's training (after a resume: the rest only)
     args.model.mkdir(parents=True, exist_ok=True)
     with atomic_dir(args.out) as staging, atomic_dir(args.model / "live") as live_dir:
-        info = gan.write_samples(staging, result.generator, config.samples_per_class, config.dataset, config.seed)
+        info, acceptance = gan.write_samples(staging, result.generator, config.samples_per_class, config.dataset,
+                                             config.seed, result.discriminator, config.min_confidence)
         shards.write_manifest(staging, {"gan": info}, dataset=config.dataset, build=args.build,
-                              source=config.source, class_names=class_names)
+                              source=config.source, class_names=class_names, min_confidence=config.min_confidence,
+                              acceptance=round(acceptance, 4))
         samples = shards.read_split(staging, "gan")
         with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None) as live:
             for row in result.history:
                 live.step = row["step"]
                 for key in ("d_loss", "g_loss", "d_real", "d_fake"):
                     live.log_metric(key, row[key], plot=True)
-            live.summary.update({"steps": config.steps, "img_per_s": round(
+            live.summary.update({"steps": config.steps, "seconds": round(seconds, 1), "acceptance": round(acceptance, 4), "img_per_s": round(
                 float(np.mean([row["img_per_s"] for row in result.history])), 1)})
         figures = {args.model / "grid.png": temp_path(args.model / "grid.png"),
                    args.model / "losses.png": temp_path(args.model / "losses.png"),
@@ -87,7 +92,8 @@ def main(args) -> None:
     for final, temp in figures.items():
         temp.replace(final)
     args.checkpoint.unlink(missing_ok=True)
-    cli.log(f"gan {args.build}: {info.rows:,} samples, per class {info.class_counts}")
+    cli.log(f"gan {args.build}: {info.rows:,} samples, per class {info.class_counts}; "
+            f"{acceptance:.1%} of draws passed min_confidence {config.min_confidence}")
 
 
 if __name__ == "__main__":

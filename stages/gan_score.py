@@ -1,7 +1,7 @@
 """Stage gan_score@<build>: how good are a GAN build's samples? FID against the real test set
 (in the feature space of one of our classifiers) and CAS: a fixed classifier trained on GAN
-samples only, tested on the real test set, beside the same classifier trained on as many real
-images with the same class counts."""
+samples only (class-balanced), tested on the real test set, beside the same classifier trained
+on the real train split, which holds as many images."""
 
 import json
 from pathlib import Path
@@ -42,8 +42,8 @@ def main(args) -> None:
     val_data = train.DeviceData.from_numpy(val.images, val.labels, device)
     test_data = train.DeviceData.from_numpy(test.images, test.labels, device)
 
-    counts = np.bincount(real.labels, minlength=int(real.metadata["classes"]))
-    rows = gan.matching_rows(samples.labels, counts)
+    classes = int(real.metadata["classes"])
+    rows = gan.matching_rows(samples.labels, np.full(classes, len(real) // classes))  # as many, balanced
     cas = classify(experiment, samples.images[rows], samples.labels[rows], val_data, test_data, stats,
                    args.checkpoint, "GAN")
     real_accuracy = classify(experiment, real.images, real.labels, val_data, test_data, stats, args.checkpoint, "real")

@@ -51,11 +51,11 @@ def test_the_label_reaches_the_output():
 
 def test_samples_are_shards_labelled_as_asked_and_deterministic(tmp_path):
     g = generator()
-    info = gan.write_samples(tmp_path / "a", g, 7, "toy", seed=3, rows_per_shard=30)
+    info, acceptance = gan.write_samples(tmp_path / "a", g, 7, "toy", seed=3, rows_per_shard=30)
     shards.write_manifest(tmp_path / "a", {"gan": info})
     gan.write_samples(tmp_path / "b", g, 7, "toy", seed=3, rows_per_shard=30)
     gan.write_samples(tmp_path / "c", g, 7, "toy", seed=4, rows_per_shard=30)
-    assert info.rows == 70 and info.class_counts == [7] * 10 and len(info.shards) == 3
+    assert acceptance == 1.0 and info.rows == 70 and info.class_counts == [7] * 10 and len(info.shards) == 3
     for name in info.shards:  # same weights and seed: the same bytes
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert (tmp_path / "a" / info.shards[0]).read_bytes() != (tmp_path / "c" / info.shards[0]).read_bytes()
@@ -64,6 +64,33 @@ def test_samples_are_shards_labelled_as_asked_and_deterministic(tmp_path):
     assert split.images.dtype == np.uint8 and split.images.shape == (70, 28, 28)
     table = shards._read_shard(tmp_path / "a" / info.shards[0])
     assert set(table["origin"].to_pylist()) == {"gan"} and set(table["source_id"].to_pylist()) == {-1}
+
+
+class Judge(torch.nn.Module):
+    """A stand-in discriminator whose auxiliary head is sure of class 0 for images whose pixel
+    sum is even (about half of any set), and of no class otherwise."""
+
+    @staticmethod
+    def even(x):
+        return gan.to_uint8(x).flatten(1).long().sum(1) % 2 == 0
+
+    def forward(self, x, y):
+        logits = torch.zeros(len(x), 10)
+        logits[:, 0] = 20 * self.even(x).float()
+        return torch.zeros(len(x)), logits
+
+
+def test_samples_the_judge_rejects_are_redrawn(tmp_path):
+    """Accepted images all pass the judge; the acceptance rate counts every draw."""
+    g = generator()
+    torch.manual_seed(1)
+    images = gan.sample(g, torch.zeros(400, dtype=torch.long), torch.Generator().manual_seed(0))
+    share = gan.accept(Judge(), images, torch.zeros(400, dtype=torch.long), 0.9).float().mean().item()
+    assert 0 < share < 1  # the stand-in passes some of the untrained generator's images
+    kept, drawn = gan.draw_shard(g, np.zeros(50, dtype=np.uint8), torch.Generator().manual_seed(0), Judge(), 0.9)
+    assert drawn > 50 and Judge.even(gan.to_unit(torch.from_numpy(kept))).all()
+    with pytest.raises(AuglabError, match="class 3 still has 5 images below min_confidence 0.9 after 50 rounds"):
+        gan.draw_shard(g, np.full(5, 3, dtype=np.uint8), torch.Generator().manual_seed(0), Judge(), 0.9)
 
 
 def test_sample_count_must_be_positive(tmp_path):

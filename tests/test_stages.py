@@ -6,6 +6,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,11 @@ def project(tmp_path_factory):
     params["gan"]["builds"] = {"toy": {"dataset": "toy"}}
     params["gan"]["score"]["classifier"]["epochs"] = 1
     params["gan"]["score"]["builds"] = {"toy": {"dataset": "toy", "extractor": "toy_mlp"}}
+    rows = {"mlp": {"experiment": "toy_mlp", "reported": 0.5}, "synthetic": {"experiment": "toy_synthetic", "reported": None},
+            "tuned": {"experiment": "toy_tuned", "reported": None}}
+    params["report"] = {"studies": {"toy": {"title": "Toy study", "source": "0.5 for the MLP", "curves": True, "rows": rows}},
+                        "sanity": {"toy_s2_expand": "toy_mlp", "toy_s1_copies": "toy_synthetic"},
+                        "filters": "toy_synthetic", "confusion": ["toy_mlp", "toy_tuned"]}
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(params, f)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True, env=ENV)
@@ -97,7 +103,8 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     assert [s["name"] for s in found] == [
         "download@toy", "split@toy", "preprocess@toy",
         "augment@toy_s2_expand", "augment@toy_s1_copies", "augment@toy_s0_light",
-        "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned", "gan@toy", "gan_score@toy",
+        "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned",
+        "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "gan@toy", "gan_score@toy", "report",
     ]
     for stage in found:
         done = run_stage(root, stage, params)
@@ -114,6 +121,9 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     assert not (root / "artifacts/checkpoints/toy_mlp.pt").exists()  # removed once finished
     model = torch.load(root / "artifacts/models/toy_synthetic/model.pt", weights_only=True)
     assert model["name"] == "lenet5" and model["image_size"] == 32 and model["dataset"] == "toy"
+    scored = json.loads((root / "artifacts/metrics/toy_synthetic.json").read_text())
+    assert scored["split"] == "test" and scored["images"] == 50 and 0 <= scored["f1"] <= 1
+    assert len((root / "artifacts/confusion/toy_tuned.csv").read_text().splitlines()) == 51
     gan_manifest = json.loads((root / "data/gan/toy/manifest.json").read_text())
     assert gan_manifest["splits"]["gan"]["class_counts"] == [40] * 10 and gan_manifest["source"] == "train"
     losses = json.loads((root / "artifacts/gan/toy/live/metrics.json").read_text())
@@ -121,6 +131,25 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     score = json.loads((root / "artifacts/gan/toy/score.json").read_text())
     assert score["fid"] > 0 and 0 <= score["cas"] <= 1 and score["extractor"] == "toy_mlp"
     assert not (root / "artifacts/checkpoints/gan_toy.pt").exists()
+    check_report(root)
+
+
+def check_report(root: Path) -> None:
+    """Every table present and filled, every linked figure written, headline metrics for diff."""
+    text = (root / "reports/report.md").read_text()
+    for heading in ("## Toy study", "## GAN samples", "## Augmentation sanity", "## Confusion matrices",
+                    "## First-layer filters", "## Timing"):
+        assert heading in text, heading
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert all(cells), f"empty cell in {line!r}"
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) >= 8 and all((root / "reports" / link).read_bytes()[:4] == b"\x89PNG" for link in links)
+    assert "| mlp | `toy_mlp` |" in text and "| 0.5000 |" in text  # our number beside the study's
+    headline = json.loads((root / "reports/metrics.json").read_text())
+    assert set(headline["studies"]["toy"]) == {"toy_mlp", "toy_synthetic", "toy_tuned"}
+    assert 0 <= headline["gan"]["toy"]["cas"] <= 1 and set(headline["sanity"]) == {"toy_s2_expand", "toy_s1_copies"}
 
 
 def imported_modules(path: Path) -> set[str]:

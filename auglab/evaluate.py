@@ -1,0 +1,137 @@
+"""Score a trained model on a split: predictions, the metrics reviewers diff, the confusion rows
+DVC's `confusion` template draws, a gallery of misclassified images, and Kaggle's submission.csv.
+
+Metrics come from scikit-learn on the predictions (macro precision, recall and F1 over the
+classes present in the labels or predictions), so they mean what everybody means by them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from matplotlib.figure import Figure
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from torch import nn
+
+from auglab import AuglabError, preprocess
+from auglab.files import temp_path
+from auglab.train import EVAL_BATCH, autocast_dtype, objective
+
+GALLERY_IMAGES = 40
+
+
+@dataclass
+class Predictions:
+    """A model's output on a split: (N, C) class scores, (N,) predicted classes."""
+
+    scores: np.ndarray
+    predicted: np.ndarray
+    loss: float | None  # mean loss of the model's own objective; None for an unlabelled split
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, labels: np.ndarray | None, mean: float, std: float,
+            precision: str = "auto") -> Predictions:
+    """Run `model` (eval mode) over uint8 images in batches on its device, under the autocast
+    it was trained with; the loss is the model's training objective (cross-entropy, or
+    CapsNet's margin loss)."""
+    device = next(model.parameters()).device
+    dtype = autocast_dtype(device, precision)
+    model.eval()
+    scores, loss_sum = [], 0.0
+    for start in range(0, len(images), EVAL_BATCH):
+        batch = torch.from_numpy(images[start : start + EVAL_BATCH]).unsqueeze(1).to(device)
+        x = preprocess.to_input(batch, mean, std, model.image_size)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            if labels is None:
+                out = model(x)
+            else:
+                y = torch.from_numpy(labels[start : start + EVAL_BATCH].astype(np.int64)).to(device)
+                loss, out = objective(model, x, y, 0.0)
+                loss_sum += loss.item() * len(y)
+        scores.append(out.float().cpu())
+    stacked = torch.cat(scores).numpy()
+    return Predictions(stacked, stacked.argmax(1).astype(np.uint8), None if labels is None else loss_sum / len(images))
+
+
+def metrics(labels: np.ndarray, predicted: np.ndarray, loss: float, class_names: list[str]) -> dict:
+    """accuracy, loss, macro precision/recall/F1 and per-class accuracy (recall), as JSON types."""
+    classes = list(range(len(class_names)))
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, predicted, labels=classes, average="macro",
+                                                               zero_division=0)
+    per_class = confusion_matrix(labels, predicted, labels=classes)
+    totals = per_class.sum(1)
+    return {
+        "accuracy": round(float(accuracy_score(labels, predicted)), 6),
+        "loss": round(float(loss), 6),
+        "precision": round(float(precision), 6),
+        "recall": round(float(recall), 6),
+        "f1": round(float(f1), 6),
+        "errors": int((labels != predicted).sum()),
+        "per_class_accuracy": {name: round(float(per_class[c, c] / totals[c]), 6) if totals[c] else None
+                               for c, name in enumerate(class_names)},
+    }
+
+
+def write_predictions(path: Path, ids: np.ndarray, labels: np.ndarray | None, found: Predictions,
+                      class_names: list[str]) -> None:
+    """Parquet: id, label (null if unlabelled), predicted, confidence (softmax max) and the
+    per-class scores; written to a temp name and renamed."""
+    probabilities = torch.softmax(torch.from_numpy(found.scores), 1).numpy()
+    columns = {
+        "id": pa.array(ids, pa.int64()),
+        "label": pa.array(labels if labels is not None else [None] * len(ids), pa.uint8()),
+        "predicted": pa.array(found.predicted, pa.uint8()),
+        "confidence": pa.array(probabilities.max(1), pa.float32()),
+        **{f"score_{name}": pa.array(found.scores[:, c], pa.float32()) for c, name in enumerate(class_names)},
+    }
+    temp = temp_path(path)
+    pq.write_table(pa.table(columns), temp, compression="lz4")
+    temp.replace(path)
+
+
+def confusion_rows(labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> bytes:
+    """CSV with one row per image, `actual,predicted` class names: what DVC's confusion template
+    counts into a matrix."""
+    lines = ["actual,predicted"] + [f"{class_names[a]},{class_names[p]}" for a, p in zip(labels, predicted, strict=True)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def submission(predicted: np.ndarray) -> bytes:
+    """Kaggle's digit-recognizer format: `ImageId,Label`, ImageId counting from 1."""
+    return ("ImageId,Label\n" + "".join(f"{i + 1},{int(p)}\n" for i, p in enumerate(predicted))).encode()
+
+
+def gallery(path: Path, images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, class_names: list[str],
+            title: str, count: int = GALLERY_IMAGES) -> int:
+    """PNG of the first `count` misclassified images, each titled `true -> predicted`; returns
+    how many it shows (a model with no error gets a figure saying so)."""
+    wrong = np.flatnonzero(labels != predicted)[:count]
+    columns = 10
+    rows = max(1, -(-len(wrong) // columns))
+    figure = Figure(figsize=(columns * 1.05, rows * 1.2 + 0.4))
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    for axis, index in zip(axes.flat, wrong, strict=False):
+        axis.imshow(images[index], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        axis.set_title(f"{class_names[labels[index]]}\n-> {class_names[predicted[index]]}", fontsize=6)
+    if not len(wrong):
+        axes[0, 0].text(0, 0.5, "no misclassified images", fontsize=8)
+    figure.suptitle(title, fontsize=8)
+    figure.tight_layout()
+    temp = temp_path(path)
+    figure.savefig(temp, format="png", dpi=100, metadata={"Software": None})
+    temp.replace(path)
+    return len(wrong)
+
+
+def check_labels(labels: np.ndarray, classes: int, where: str) -> None:
+    if len(labels) and int(labels.max()) >= classes:
+        raise AuglabError(f"{where}: label {int(labels.max())} out of range for a {classes}-class model")
+

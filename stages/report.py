@@ -1,0 +1,128 @@
+"""Stage report: reports/report.md with every study's table beside the study's own numbers,
+GAN quality, the augmentation sanity check, timing and figures; reports/metrics.json holds the
+headline numbers `dvc metrics diff` shows."""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from auglab import cli, evaluate, params, report, shards, train
+from auglab.files import atomic_dir, temp_path, write_json_atomic
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def sanity(args, builds: dict, models: dict[str, str], device: torch.device) -> list[dict]:
+    """Label-preservation rate per augment build: accuracy of a real-data model on its images."""
+    rows = []
+    for build, experiment in models.items():
+        dataset, recipe = builds[build].dataset, builds[build].recipe
+        images = shards.read_split(args.augmented / dataset / recipe, recipe)
+        model, saved = train.load_model(args.models / experiment / "model.pt", device)
+        found = evaluate.predict(model, images.images, images.labels, saved["mean"], saved["std"])
+        rows.append({"build": build, "recipe": recipe, "experiment": experiment, "images": len(images),
+                     "rate": float((found.predicted == images.labels).mean())})
+    return rows
+
+
+def main(args) -> None:
+    studies = params.load_key(args.params, "report.studies")
+    sanity_models = params.load_key(args.params, "report.sanity")
+    filters_experiment = params.load_key(args.params, "report.filters")
+    confusions = params.load_key(args.params, "report.confusion")
+    builds = params.load_key(args.params, "augment.builds")
+    gan_builds = params.load_key(args.params, "gan.score.builds")
+    device = train.choose_device("auto")
+    experiments = sorted({row.experiment for study in studies.values() for row in study.rows.values()}
+                         | set(confusions) | {filters_experiment})
+    scores = {name: read_json(args.metrics / f"{name}.json") for name in experiments}
+    trained = {name: read_json(args.models / name / "live/metrics.json") for name in experiments}
+    gan = {name: {**read_json(args.gan / name / "score.json"), **read_json(args.gan / name / "live/metrics.json")}
+           for name in gan_builds}
+    checks = sanity(args, builds, sanity_models, device)
+
+    with atomic_dir(args.figures) as figures:
+        lines = ["# auglab report", "",
+                 f"Produced by `dvc repro` (stage `report`) on: {report.machine()}.",
+                 "Accuracies are on each dataset's official test split (10,000 images), scored by `evaluate@<exp>`;",
+                 "the studies' numbers are what they report. `dvc metrics diff` compares `reports/metrics.json`.", ""]
+        for key, study in studies.items():
+            lines += [f"## {study.title}", "", f"The study reports: {study.source}.", "",
+                      report.study_table(study, scores, trained), ""]
+            if study.curves:
+                name = f"{key}_curves.png"
+                report.curves(figures / name, {label: args.models / row.experiment / "live"
+                                               for label, row in study.rows.items()}, f"{study.title}: loss per epoch")
+                lines += [f"![{study.title} curves](figures/{name})", ""]
+
+        lines += ["## GAN samples", "",
+                  "FID: 10,000 samples vs the 10,000 real test images in the penultimate features of `extractor`",
+                  "(floor: the same distance for 10,000 real train images). CAS: LeNet-5 trained on GAN samples only,",
+                  "tested on the real test set, beside the same classifier trained on the real train split.", "",
+                  report.table(["build", "FID", "FID floor", "extractor", "CAS", "real", "real - CAS", "kept draws",
+                                "GAN s"],
+                               [[b, report.number(g["fid"], 2), report.number(g["fid_real_train"], 2), f"`{g['extractor']}`",
+                                 report.number(g["cas"]), report.number(g["real_accuracy"]), report.number(g["cas_gap"]),
+                                 f"{g['acceptance']:.1%}", f"{g['seconds']:.0f}"] for b, g in gan.items()]), ""]
+        for name in gan:
+            for picture in ("grid", "losses"):
+                shutil.copy(args.gan / name / f"{picture}.png", figures / f"gan_{name}_{picture}.png")
+                lines += [f"![GAN {name} {picture}](figures/gan_{name}_{picture}.png)", ""]
+
+        lines += ["## Augmentation sanity: could this augmented image be a real test image?", "",
+                  "The label-preservation rate: accuracy of a model trained on real images only, on each recipe's",
+                  "augmented images against their labels (S3's question, answered by a classifier).", "",
+                  report.table(["build", "images", "scored by", "label-preservation rate"],
+                               [[c["build"], f"{c['images']:,}", f"`{c['experiment']}`", f"{c['rate']:.4f}"]
+                                for c in checks]), ""]
+        for c in checks:
+            dataset = builds[c["build"]].dataset
+            shutil.copy(args.augmented / dataset / f"{c['recipe']}.png", figures / f"augment_{c['build']}.png")
+            lines += [f"![{c['build']}](figures/augment_{c['build']}.png)", ""]
+
+        lines += ["## Confusion matrices and misclassified images", ""]
+        for name in confusions:
+            class_names = train.load_model(args.models / name / "model.pt", device)[1]["class_names"]
+            report.confusion(figures / f"confusion_{name}.png", args.confusion / f"{name}.csv", class_names,
+                             f"{name}: test confusion matrix")
+            shutil.copy(args.eval / name / "misclassified.png", figures / f"misclassified_{name}.png")
+            lines += [f"![{name} confusion](figures/confusion_{name}.png)",
+                      f"![{name} misclassified](figures/misclassified_{name}.png)", ""]
+
+        model, saved = train.load_model(args.models / filters_experiment / "model.pt", device)
+        test = shards.read_split(args.splits / saved["dataset"], "test")
+        drawn = report.filters_and_maps(figures / "filters.png", model, test.images[0], saved["mean"], saved["std"],
+                                        f"{filters_experiment}: first-layer filters (top), their maps of test image 0")
+        lines += ["## First-layer filters and feature maps (S1)", "",
+                  f"{drawn} filters of `{filters_experiment}` and their responses to the first test image.", "",
+                  "![filters](figures/filters.png)", "",
+                  "## Timing", "", "Training seconds per experiment (epochs only) and per GAN build, from DVCLive.", "",
+                  report.table(["stage", "seconds"], [[f"train@{n}", f"{trained[n].get('train_seconds', 0):.1f}"]
+                                                      for n in experiments]
+                               + [[f"gan@{n}", f"{g['seconds']:.1f}"] for n, g in gan.items()]), ""]
+        markdown = temp_path(args.report)
+        markdown.write_text("\n".join(lines))
+        headline = {
+            "studies": {key: {row.experiment: scores[row.experiment]["accuracy"] for row in study.rows.values()}
+                        for key, study in studies.items()},
+            "gan": {name: {"fid": g["fid"], "cas": g["cas"], "real_accuracy": g["real_accuracy"]} for name, g in gan.items()},
+            "sanity": {c["build"]: round(c["rate"], 4) for c in checks},
+        }
+    markdown.replace(args.report)
+    write_json_atomic(args.headline, headline)
+    cli.log(f"report: {args.report} with {len(studies)} study tables, {len(gan)} GAN builds, {len(checks)} sanity rows")
+
+
+if __name__ == "__main__":
+    parser = cli.parser(__doc__)
+    for name, help_text in (("splits", "data/split"), ("augmented", "data/augmented"), ("models", "artifacts/models"),
+                            ("eval", "artifacts/eval"), ("metrics", "artifacts/metrics"),
+                            ("confusion", "artifacts/confusion"), ("gan", "artifacts/gan"),
+                            ("figures", "reports/figures (written)"), ("report", "reports/report.md (written)"),
+                            ("headline", "reports/metrics.json (written)")):
+        parser.add_argument(f"--{name}", type=Path, required=True, help=help_text)
+    cli.run(main, parser)
