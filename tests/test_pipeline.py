@@ -19,7 +19,7 @@ from auglab import shards
 
 from conftest import ROOT
 
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "CI": "1"}
 
 
 def sh(root: Path, *command: str) -> str:
@@ -38,32 +38,14 @@ def digests(path: Path) -> dict[str, str]:
 
 
 TRAINED = {"train@s2_lenet_100", "train@s2_lenet_synthetic", "train@s1_cnn_maxpool", "finetune@s0_transfer_tuned",
-           "gan@fashion_mnist", "gan_score@fashion_mnist"}
-
-
-def shrink_training(path: Path) -> None:
-    """The CI profile: the real data stages, four experiments and one GAN cut to seconds of training."""
-    yaml = YAML()  # round trip: keeps the comments, as `dvc exp run -S` does
-    data = yaml.load(path)
-    experiments, finetune = data["train"]["experiments"], data["train"]["finetune"]
-    for group in (experiments, finetune):
-        for name in list(group):
-            if f"train@{name}" not in TRAINED and f"finetune@{name}" not in TRAINED:
-                del group[name]
-    experiments["s2_lenet_100"]["epochs"] = 3
-    experiments["s2_lenet_synthetic"]["epochs"] = 1
-    experiments["s1_cnn_maxpool"].update(train=["train_1000"], epochs=1)
-    finetune["s0_transfer_tuned"]["epochs"] = 2
-    gan = data["gan"]
-    gan["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "steps": 20}}
-    gan["score"]["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "extractor": "s1_cnn_maxpool"}}
-    gan["score"]["classifier"]["epochs"] = 1
-    yaml.dump(data, path)
+           "evaluate@s2_lenet_100", "evaluate@s2_lenet_synthetic", "evaluate@s1_cnn_maxpool",
+           "evaluate_finetune@s0_transfer_tuned", "gan@fashion_mnist", "gan_score@fashion_mnist", "report"}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """A fresh git + DVC copy of the project (what a clone holds), after one `dvc repro`."""
+    """A fresh git + DVC copy of the project (what a clone holds), after `ci/review.sh HEAD`: the
+    CI profile reproduced on HEAD in a worktree, then on the working tree, sharing one cache."""
     root = tmp_path_factory.mktemp("clone")
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
@@ -73,12 +55,25 @@ def built(tmp_path_factory):
             shutil.copy2(ROOT / name, root / name)
     for name in ("dvc.lock",):  # a clone may hold a lock; rebuild from nothing regardless
         (root / name).unlink(missing_ok=True)
-    shrink_training(root / "params.yaml")
     sh(root, "git", "init", "-q")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone")
-    output = sh(root, "dvc", "repro")
+    refused = subprocess.run(["bash", "ci/review.sh"], cwd=root, env={k: v for k, v in ENV.items() if k != "CI"},
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "run it in CI or in a scratch clone" in refused.stderr
+    output = sh(root, "bash", "ci/review.sh", "HEAD", str(root / "summary.md"))
     return root, output
+
+
+def test_review_script_reports_a_metrics_diff(built):
+    root, output = built
+    assert "== CI profile on HEAD" in output and "== CI profile on the working tree" in output
+    summary = (root / "summary.md").read_text()
+    assert summary.startswith("### dvc metrics diff: CI profile, HEAD -> this change")
+    experiments = YAML(typ="safe").load(root / "params.yaml")["train"]["experiments"]
+    assert set(experiments) == {"s2_lenet_100", "s2_lenet_synthetic", "s1_cnn_maxpool"}  # the profile applied
+    report = (root / "reports/report.md").read_text()
+    assert "## S2 LeNet-5, augmentation as regularizer" in report and "`s2_lenet_synthetic`" in report
 
 
 def test_repro_builds_every_stage_with_the_expected_splits(built):
@@ -154,7 +149,8 @@ def test_exp_run_of_one_recipe_reruns_only_its_stages(built):
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock")
     output = sh(root, "dvc", "exp", "run", "-S", "augment.recipes.s2_expand.views.keras.rotation=30")
-    assert ran(output) == {"augment@mnist_s2_expand", "augment@fashion_mnist_s2_expand", "train@s2_lenet_synthetic"}
+    assert ran(output) == {"augment@mnist_s2_expand", "augment@fashion_mnist_s2_expand", "train@s2_lenet_synthetic",
+                           "evaluate@s2_lenet_synthetic", "report"}
     assert "rotation: 30           # degrees" in (root / "params.yaml").read_text()  # comments kept
     sh(root, "git", "checkout", "params.yaml", "dvc.lock")
     sh(root, "dvc", "checkout", "-q")

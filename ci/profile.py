@@ -1,0 +1,52 @@
+"""Rewrite params.yaml in place into the CI profile: the real data stages, four experiments and
+one GAN cut to seconds of training, and the report restricted to what they produce.
+
+Round-trip YAML (comments kept, as `dvc exp run -S` keeps them). Used by ci/review.sh, which the
+GitHub workflow runs, and by tests/test_pipeline.py, so the workflow runs a tested profile.
+Usage: python ci/profile.py params.yaml
+"""
+
+import sys
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+EXPERIMENTS = {"s2_lenet_100": {"epochs": 3}, "s2_lenet_synthetic": {"epochs": 1},
+               "s1_cnn_maxpool": {"train": ["train_1000"], "epochs": 1}}
+FINETUNE = {"s0_transfer_tuned": {"epochs": 2}}
+
+
+def shrink(data: dict) -> None:
+    for group, kept in (("experiments", EXPERIMENTS), ("finetune", FINETUNE)):
+        entries = data["train"][group]
+        for name in list(entries):
+            if name in kept:
+                entries[name].update(kept[name])
+            else:
+                del entries[name]
+    gan = data["gan"]
+    gan["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "steps": 20}}
+    gan["score"]["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "extractor": "s1_cnn_maxpool"}}
+    gan["score"]["classifier"]["epochs"] = 1
+    report = data["report"]
+    present = set(EXPERIMENTS) | set(FINETUNE)
+    for key in list(report["studies"]):
+        rows = report["studies"][key]["rows"]
+        for label in [label for label, row in rows.items() if row["experiment"] not in present]:
+            del rows[label]
+        if not rows:
+            del report["studies"][key]
+    report["sanity"] = {"mnist_s2_expand": "s2_lenet_100", "fashion_mnist_s1_copies": "s1_cnn_maxpool"}
+    report["filters"] = "s1_cnn_maxpool"
+    report["confusion"] = ["s2_lenet_100", "s1_cnn_maxpool"]
+
+
+def main(path: Path) -> None:
+    yaml = YAML()
+    data = yaml.load(path)
+    shrink(data)
+    yaml.dump(data, path)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
