@@ -39,7 +39,7 @@ def study_table(study: Study, scores: dict[str, dict], train: dict[str, dict]) -
         gap = "" if row.reported is None else f"{ours['accuracy'] - row.reported:+.4f}"
         rows.append([label, f"`{row.experiment}`", *(number(ours[key]) for key in FULL_COLUMNS),
                      f"{train[row.experiment].get('train_seconds', 0):.0f}",
-                     number(row.reported) if row.reported is not None else "not reported", gap or "-"])
+                     f"{row.reported:g}" if row.reported is not None else "not reported", gap or "-"])
     return table(["row", "experiment", "test acc", "test loss", "precision", "recall", "F1", "train s",
                   "study", "ours - study"], rows)
 

@@ -146,7 +146,7 @@ def check_report(root: Path) -> None:
             assert all(cells), f"empty cell in {line!r}"
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(links) >= 8 and all((root / "reports" / link).read_bytes()[:4] == b"\x89PNG" for link in links)
-    assert "| mlp | `toy_mlp` |" in text and "| 0.5000 |" in text  # our number beside the study's
+    assert "| mlp | `toy_mlp` |" in text and "| 0.5 |" in text  # our number beside the study's, as it reports it
     headline = json.loads((root / "reports/metrics.json").read_text())
     assert set(headline["studies"]["toy"]) == {"toy_mlp", "toy_synthetic", "toy_tuned"}
     assert 0 <= headline["gan"]["toy"]["cas"] <= 1 and set(headline["sanity"]) == {"toy_s2_expand", "toy_s1_copies"}
