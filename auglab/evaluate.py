@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from torch import nn
 
 from auglab import AuglabError, preprocess
-from auglab.files import temp_path
+from auglab.files import save_figure, temp_path
 from auglab.train import EVAL_BATCH, autocast_dtype, objective
 
 GALLERY_IMAGES = 40
@@ -125,9 +125,7 @@ def gallery(path: Path, images: np.ndarray, labels: np.ndarray, predicted: np.nd
         axes[0, 0].text(0, 0.5, "no misclassified images", fontsize=8)
     figure.suptitle(title, fontsize=8)
     figure.tight_layout()
-    temp = temp_path(path)
-    figure.savefig(temp, format="png", dpi=100, metadata={"Software": None})
-    temp.replace(path)
+    save_figure(figure, path, dpi=100)
     return len(wrong)
 
 

@@ -75,3 +75,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_figure(figure, path: Path, dpi: int) -> None:
+    """A matplotlib figure as PNG, written atomically and without matplotlib's version stamp, so
+    the same figure gives the same bytes (DVC outputs stay byte-identical across runs)."""
+    temp = temp_path(path)
+    figure.savefig(temp, format="png", dpi=dpi, metadata={"Software": None})
+    temp.replace(path)

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from auglab import preprocess
-from auglab.files import temp_path
+from auglab.files import save_figure
 from auglab.params import Study
 
 FULL_COLUMNS = ("accuracy", "loss", "precision", "recall", "f1")
@@ -45,10 +45,8 @@ def study_table(study: Study, scores: dict[str, dict], train: dict[str, dict]) -
 
 
 def save(figure: Figure, path: Path) -> None:
-    temp = temp_path(path)
     figure.tight_layout()
-    figure.savefig(temp, format="png", dpi=100, metadata={"Software": None})
-    temp.replace(path)
+    save_figure(figure, path, dpi=100)
 
 
 def read_tsv(path: Path) -> tuple[list[int], list[float]]:
