@@ -212,12 +212,12 @@ class Experiment(Section):
 INTERPOLATED = ("dataset", "shards", "model")  # dvc.yaml reads these from each entry itself
 
 
-def _merge(base: dict, override: dict) -> dict:
+def deep_merge(base: dict, override: dict) -> dict:
     """Deep merge: mappings merge key by key, anything else in `override` replaces."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "model_kwargs":
-            merged[key] = _merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -232,7 +232,7 @@ def merged(model: type[Section], defaults: dict, entry: dict, where: str, interp
     if missing:
         raise ParamsError(f"{where}.{missing[0]}: missing required key (dvc.yaml reads it from the entry)")
     try:
-        return model.model_validate(_merge(defaults, entry))
+        return model.model_validate(deep_merge(defaults, entry))
     except ValidationError as e:
         raise ParamsError("; ".join(_describe(err, where) for err in e.errors())) from None
 
@@ -321,6 +321,94 @@ class GanSection(Section):
         return self
 
 
+# --- sweeps and tune -----------------------------------------------------------------------
+
+
+def _interpolated(entry: dict, where: str) -> None:
+    missing = [key for key in INTERPOLATED if key not in entry]
+    if missing:
+        raise ValueError(f"{where}.{missing[0]}: missing required key (dvc.yaml reads it from the entry)")
+
+
+class Grid(Section):
+    """S1's activation x optimizer grid: one grid@<activation>-<optimizer> stage per pair."""
+
+    activations: Annotated[list[str], Field(min_length=1)]  # keys of auglab.models.ACTIVATIONS
+    optimizers: Annotated[list[Literal["adam", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam"]],
+                          Field(min_length=1)]
+    lr: dict[str, PositiveFloat]  # learning rate per optimizer
+
+    @model_validator(mode="after")
+    def _every_lr(self) -> Grid:
+        missing = [name for name in self.optimizers if name not in self.lr]
+        if missing:
+            raise ValueError(f"lr.{missing[0]}: missing required key (every optimizer of the grid needs its lr)")
+        return self
+
+
+class Penalty(Section):
+    l1: NonNegativeFloat  # L1 penalty on conv and dense weights
+    l2: NonNegativeFloat  # L2 penalty on conv and dense weights
+
+
+class Regularization(Section):
+    epochs: PositiveInt  # at most this many epochs per penalty ...
+    early_stopping: PositiveInt  # ... stopping after this many without a better val loss
+    penalties: Annotated[dict[str, Penalty], Field(min_length=1)]  # one regularize@<name> stage each
+
+
+class SweepsSection(Section):
+    """S1's one-change-at-a-time studies; every cell trains `base` (over train.defaults) with one change."""
+
+    base: dict[str, Any]  # train keys over train.defaults, as a train.experiments entry
+    grid: Grid
+    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)]  # one batch@<size> stage each
+    regularization: Regularization
+
+    @model_validator(mode="after")
+    def _base_interpolated(self) -> SweepsSection:
+        _interpolated(self.base, "base")
+        return self
+
+
+class Dimension(Section):
+    """One searched key of the experiment: a range (log-uniform with `log`) or a list of choices."""
+
+    key: str  # dotted key inside the experiment entry, e.g. optimizer.lr or model_kwargs.dropout
+    low: float | None = None
+    high: float | None = None
+    log: bool = False  # draw the exponent uniformly
+    integer: bool = False  # draw integers in [low, high]
+    choices: Annotated[list[str | bool | int | float], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> Dimension:
+        ranged = self.low is not None or self.high is not None
+        if (self.choices is None) == (not ranged):
+            raise ValueError(f"{self.key}: expected either choices or low and high")
+        if ranged:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError(f"{self.key}: expected low < high, got low={self.low}, high={self.high}")
+            if self.log and self.low <= 0:
+                raise ValueError(f"{self.key}: a log range needs low > 0, got {self.low}")
+        return self
+
+
+class TuneSection(Section):
+    """An Optuna search over the keys `space` names of one train experiment."""
+
+    experiment: str  # a key of train.experiments; `dvc exp run -S` promotes the best values into it
+    dataset: str  # the experiment's dataset and shards (dvc.yaml cannot read them through `experiment`)
+    shards: str
+    budget: dict[str, Any]  # train keys over the experiment for every trial (a subset, fewer epochs)
+    space: Annotated[dict[str, Dimension], Field(min_length=1)]  # name -> the key it sets and its range
+    sampler: Literal["tpe", "random"]  # TPE (Bayesian) or random search
+    seed: NonNegativeInt  # seeds the sampler; training is seeded by the experiment
+    trials: PositiveInt  # trials the study runs, the defaults' baseline run not counted
+    startup_trials: NonNegativeInt  # random trials before TPE models, and completed trials before pruning
+    warmup_epochs: NonNegativeInt  # epochs every trial runs before the median pruner may stop it
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
@@ -350,6 +438,8 @@ SECTIONS: dict[str, type[Section]] = {
     "augment": AugmentSection,
     "train": TrainSection,
     "gan": GanSection,
+    "sweeps": SweepsSection,
+    "tune": TuneSection,
     "report": ReportSection,
 }
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from torch import nn
 
 from auglab import preprocess
@@ -121,3 +122,62 @@ def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {threads} torch threads, Python "
             f"{platform.python_version()}, torch {torch.__version__}, "
             f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+
+
+# --- S1's sweeps and the Optuna search --------------------------------------------------------
+
+
+def best_cell(cells: dict[tuple[str, str], dict]) -> tuple[str, str]:
+    """The (activation, optimizer) pair with the highest test accuracy (lower val loss breaks ties)."""
+    return max(cells, key=lambda pair: (cells[pair]["test_accuracy"], -cells[pair]["val_loss"]))
+
+
+def grid_table(cells: dict[tuple[str, str], dict], activations: list[str], optimizers: list[str]) -> str:
+    """S1's shape: one row per activation, one column per optimizer, `test acc / val loss`; best in bold."""
+    best = best_cell(cells)
+    rows = []
+    for activation in activations:
+        row = [activation]
+        for optimizer in optimizers:
+            cell = cells[activation, optimizer]
+            text = f"{cell['test_accuracy']:.4f} / {cell['val_loss']:.3f}"
+            row.append(f"**{text}**" if (activation, optimizer) == best else text)
+        rows.append(row)
+    return table(["activation \\ optimizer", *optimizers], rows)
+
+
+def grid_heatmap(path: Path, cells: dict[tuple[str, str], dict], activations: list[str], optimizers: list[str],
+                 title: str) -> None:
+    """Test accuracy per (activation, optimizer), the best pair outlined."""
+    values = np.array([[cells[a, o]["test_accuracy"] for o in optimizers] for a in activations])
+    figure = Figure(figsize=(1.0 + 0.9 * len(optimizers), 1.2 + 0.5 * len(activations)))
+    axis = figure.subplots()
+    image = axis.imshow(values, cmap="viridis")
+    for (i, j), value in np.ndenumerate(values):
+        axis.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7,
+                  color="black" if value > values.min() + 0.6 * (values.max() - values.min()) else "white")
+    best = best_cell(cells)
+    row, column = activations.index(best[0]), optimizers.index(best[1])
+    axis.add_patch(Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    axis.set_xticks(range(len(optimizers)), optimizers, rotation=45, fontsize=7)
+    axis.set_yticks(range(len(activations)), activations, fontsize=7)
+    axis.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axis, fraction=0.04)
+    save(figure, path)
+
+
+def batch_plot(path: Path, cells: dict[int, dict], title: str) -> None:
+    """Seconds per epoch (bars, left axis) and val accuracy (line, right axis) per batch size."""
+    sizes = sorted(cells)
+    figure = Figure(figsize=(6, 3.2))
+    axis = figure.subplots()
+    positions = range(len(sizes))
+    axis.bar(positions, [cells[s]["seconds_per_epoch"] for s in sizes], color="C0", alpha=0.6)
+    axis.set_xticks(positions, [str(s) for s in sizes])
+    axis.set_xlabel("batch size")
+    axis.set_ylabel("seconds per epoch", color="C0")
+    other = axis.twinx()
+    other.plot(positions, [cells[s]["val_accuracy"] for s in sizes], "o-", color="C3")
+    other.set_ylabel("val accuracy", color="C3")
+    axis.set_title(title, fontsize=9)
+    save(figure, path)

@@ -1,5 +1,6 @@
 """Rewrite params.yaml in place into the CI profile: the real data stages, four experiments and
-one GAN cut to seconds of training, and the report restricted to what they produce.
+one GAN cut to seconds of training, S1's sweeps cut to 2 x 2 + 2 + 2 one-epoch cells, a 3-trial
+search, and the report restricted to what they produce.
 
 Round-trip YAML (comments kept, as `dvc exp run -S` keeps them). Used by ci/review.sh, which the
 GitHub workflow runs, and by tests/test_pipeline.py, so the workflow runs a tested profile.
@@ -28,6 +29,15 @@ def shrink(data: dict) -> None:
     gan["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "steps": 20}}
     gan["score"]["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "extractor": "s1_cnn_maxpool"}}
     gan["score"]["classifier"]["epochs"] = 1
+    sweeps = data["sweeps"]
+    sweeps["base"].update(train=["train_1000"], epochs=1)
+    sweeps["grid"]["activations"] = ["relu", "tanh"]
+    sweeps["grid"]["optimizers"] = ["adam", "sgd"]
+    sweeps["batch_sizes"] = [64, 256]
+    sweeps["regularization"]["epochs"] = 2
+    for name in [name for name in sweeps["regularization"]["penalties"] if name not in ("none", "l2")]:
+        del sweeps["regularization"]["penalties"][name]
+    data["tune"].update(trials=3, startup_trials=1, budget={"train": ["train_1000"], "epochs": 1})
     report = data["report"]
     present = set(EXPERIMENTS) | set(FINETUNE)
     for key in list(report["studies"]):

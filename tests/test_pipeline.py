@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,8 @@ def digests(path: Path) -> dict[str, str]:
 TRAINED = {"train@s2_lenet_100", "train@s2_lenet_synthetic", "train@s1_cnn_maxpool", "finetune@s0_transfer_tuned",
            "evaluate@s2_lenet_100", "evaluate@s2_lenet_synthetic", "evaluate@s1_cnn_maxpool",
            "evaluate_finetune@s0_transfer_tuned", "gan@fashion_mnist", "gan_score@fashion_mnist", "report"}
+SWEEPS = {"grid@relu-adam", "grid@relu-sgd", "grid@tanh-adam", "grid@tanh-sgd", "batch@64", "batch@256",
+          "regularize@none", "regularize@l2", "tune"}  # the CI profile's 2 x 2 grid, batch sizes, penalties
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,9 @@ def test_repro_builds_every_stage_with_the_expected_splits(built):
     builds = {"mnist_s2_expand", "mnist_s0_light", "fashion_mnist_s2_expand", "fashion_mnist_s1_copies",
               "fashion_mnist_s0_light"}
     assert ran(output) == {f"{stage}@{dataset}" for stage in ("download", "split", "preprocess")
-                           for dataset in ("mnist", "fashion_mnist")} | {f"augment@{b}" for b in builds} | TRAINED
+                           for dataset in ("mnist", "fashion_mnist")} | {f"augment@{b}" for b in builds} | TRAINED | SWEEPS
+    listed = set(sh(root, "dvc", "stage", "list", "--name-only").split())
+    assert SWEEPS <= listed and "grid@elu-nadam" not in listed  # the matrix expands the profile's lists only
     mnist = shards.read_manifest(root / "data/split/mnist")["splits"]
     assert {k: v["rows"] for k, v in mnist.items()} == {
         "train": 55000, "val": 5000, "train_100": 100, "train_1000": 1000, "train_10000": 10000, "test": 10000
@@ -163,3 +168,29 @@ def test_exp_run_with_new_seed_reruns_split_and_below_only(built):
     assert {"split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist", "train@s2_lenet_100"} <= stages
     assert not {s for s in stages if s.startswith("download@")}
     assert shards.read_manifest(root / "data/split/fashion_mnist")["seed"] == 1
+
+
+def test_queued_sweep_runs_in_parallel_and_shows_in_exp_show(built):
+    """The README's sweep loop: queue a comma sweep with -S, run the queue on 2 workers, read
+    the results back with `dvc exp show`."""
+    root, _ = built
+    sh(root, "git", "checkout", "params.yaml", "dvc.lock")  # back to the committed CI profile
+    sh(root, "dvc", "checkout", "-q")
+    key = "train.experiments.s2_lenet_100.optimizer.lr"
+    queued = sh(root, "dvc", "exp", "run", "--queue", "-S", f"{key}=0.003,0.0003")
+    assert queued.count("Queued experiment") == 2, queued
+    sh(root, "dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 900
+    while re.search(r"\b(Queued|Running)\b", status := sh(root, "dvc", "queue", "status")):
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") == 2, status
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=root, env=ENV, capture_output=True, text=True, check=True)
+    results = {}
+    for commit in json.loads(shown.stdout):
+        for experiment in commit.get("experiments") or []:
+            data = experiment["revs"][0]["data"]
+            lr = data["params"]["params.yaml"]["data"]["train"]["experiments"]["s2_lenet_100"]["optimizer"]["lr"]
+            results[lr] = data["metrics"]["artifacts/metrics/s2_lenet_100.json"]["data"]["accuracy"]
+    assert set(results) == {0.003, 0.0003}, results
+    assert all(0 < accuracy <= 1 for accuracy in results.values()) and results[0.003] != results[0.0003]

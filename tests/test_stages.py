@@ -81,6 +81,16 @@ def project(tmp_path_factory):
     params["gan"]["builds"] = {"toy": {"dataset": "toy"}}
     params["gan"]["score"]["classifier"]["epochs"] = 1
     params["gan"]["score"]["builds"] = {"toy": {"dataset": "toy", "extractor": "toy_mlp"}}
+    params["sweeps"] = {"base": {"dataset": "toy", "shards": "split/toy", "train": ["train_20"], **mlp, "epochs": 1},
+                        "grid": {"activations": ["relu", "tanh"], "optimizers": ["adam", "sgd"],
+                                 "lr": {"adam": 0.001, "sgd": 0.01}},
+                        "batch_sizes": [8, 32],
+                        "regularization": {"epochs": 4, "early_stopping": 1,
+                                           "penalties": {"none": {"l1": 0.0, "l2": 0.0}, "l2": {"l1": 0.0, "l2": 0.01}}}}
+    params["tune"].update(experiment="toy_mlp", dataset="toy", shards="split/toy", budget={"epochs": 2}, trials=4,
+                          startup_trials=2, warmup_epochs=0,
+                          space={"lr": {"key": "optimizer.lr", "low": 0.0001, "high": 0.1, "log": True},
+                                 "batch_size": {"key": "batch_size", "choices": [8, 16]}})
     rows = {"mlp": {"experiment": "toy_mlp", "reported": 0.5}, "synthetic": {"experiment": "toy_synthetic", "reported": None},
             "tuned": {"experiment": "toy_tuned", "reported": None}}
     params["report"] = {"studies": {"toy": {"title": "Toy study", "source": "0.5 for the MLP", "curves": True, "rows": rows}},
@@ -104,7 +114,9 @@ def test_each_stage_runs_with_only_its_declared_params(project):
         "download@toy", "split@toy", "preprocess@toy",
         "augment@toy_s2_expand", "augment@toy_s1_copies", "augment@toy_s0_light",
         "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned",
-        "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "gan@toy", "gan_score@toy", "report",
+        "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "gan@toy", "gan_score@toy",
+        "grid@relu-adam", "grid@relu-sgd", "grid@tanh-adam", "grid@tanh-sgd", "batch@8", "batch@32",
+        "regularize@none", "regularize@l2", "tune", "report",
     ]
     for stage in found:
         done = run_stage(root, stage, params)
@@ -131,14 +143,29 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     score = json.loads((root / "artifacts/gan/toy/score.json").read_text())
     assert score["fid"] > 0 and 0 <= score["cas"] <= 1 and score["extractor"] == "toy_mlp"
     assert not (root / "artifacts/checkpoints/gan_toy.pt").exists()
+    cell = json.loads((root / "artifacts/sweeps/grid/tanh-sgd.json").read_text())
+    assert cell["changed"] == {"activation": "tanh", "optimizer": "sgd", "lr": 0.01} and cell["epochs_run"] == 1
+    assert 0 <= cell["test_accuracy"] <= 1 and cell["val_loss"] > 0 and cell["train_seconds"] > 0
+    batch = json.loads((root / "artifacts/sweeps/batch/8.json").read_text())
+    assert batch["changed"] == {"batch_size": 8} and batch["epochs_run"] == 1
+    penalty = json.loads((root / "artifacts/sweeps/regularize/l2.json").read_text())
+    assert 1 <= penalty["best_epoch"] <= penalty["epochs_run"] <= 4 and penalty["changed"]["l2"] == 0.01
+    assert not list((root / "artifacts/checkpoints").glob("grid_*"))
+    tuned = json.loads((root / "artifacts/tune/best.json").read_text())
+    assert tuned["trials"] == 4 and tuned["completed"] + tuned["pruned"] == 4
+    assert tuned["best_val_accuracy"] >= 0 and set(tuned["best"]) == {"optimizer.lr", "batch_size"}
+    assert tuned["promote"].startswith("dvc exp run -S 'train.experiments.toy_mlp.optimizer.lr=")
+    trials = (root / "artifacts/tune/trials.csv").read_text().splitlines()
+    assert trials[0] == "trial,state,value,epochs,optimizer.lr,batch_size" and len(trials) == 5
     check_report(root)
 
 
 def check_report(root: Path) -> None:
     """Every table present and filled, every linked figure written, headline metrics for diff."""
     text = (root / "reports/report.md").read_text()
-    for heading in ("## Toy study", "## GAN samples", "## Augmentation sanity", "## Confusion matrices",
-                    "## First-layer filters", "## Timing"):
+    for heading in ("## Toy study", "## S1 sweeps: activation x optimizer", "## S1 sweeps: batch size",
+                    "## S1 sweeps: regularization", "## Bayesian search (Optuna)", "## GAN samples",
+                    "## Augmentation sanity", "## Confusion matrices", "## First-layer filters", "## Timing"):
         assert heading in text, heading
     for line in text.splitlines():
         if line.startswith("|"):
@@ -150,6 +177,23 @@ def check_report(root: Path) -> None:
     headline = json.loads((root / "reports/metrics.json").read_text())
     assert set(headline["studies"]["toy"]) == {"toy_mlp", "toy_synthetic", "toy_tuned"}
     assert 0 <= headline["gan"]["toy"]["cas"] <= 1 and set(headline["sanity"]) == {"toy_s2_expand", "toy_s1_copies"}
+    assert set(headline["sweeps"]["regularization_accuracy"]) == {"none", "l2"}
+    assert "| activation \\ optimizer | adam | sgd |" in text and text.count("**") == 2  # the best pair in bold
+
+
+def test_tune_rerun_with_the_same_seed_finds_the_same_best(project):
+    root, params, found = project
+    stage = next(s for s in found if s["name"] == "tune")
+    if not (root / "data/split/toy").exists():
+        for name in ("download@toy", "split@toy", "preprocess@toy"):
+            assert run_stage(root, next(s for s in found if s["name"] == name), params).returncode == 0
+    runs = []
+    for seed in (3, 3, 4):
+        done = run_stage(root, stage, dict(params, tune=dict(params["tune"], seed=seed)))
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads((root / "artifacts/tune/best.json").read_text()))
+    assert runs[0]["best"] == runs[1]["best"] and runs[0]["best_val_accuracy"] == runs[1]["best_val_accuracy"]
+    assert runs[2]["best"] != runs[0]["best"]  # the seed does drive the sampler
 
 
 def imported_modules(path: Path) -> set[str]:

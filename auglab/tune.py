@@ -1,0 +1,214 @@
+"""Sweeps and search over one train experiment.
+
+S1's studies change one thing at a time in a base experiment (activation x optimizer, batch
+size, weight penalty); the Optuna search draws several keys at once and prunes trials whose
+val accuracy trails the median. Both work on train entries (mappings shaped like
+`train.experiments.<name>`) and on the rows `train.train` returns; stages/sweep.py and
+stages/tune.py load the data and run them.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from matplotlib.figure import Figure
+
+from auglab.files import save_figure
+from auglab import shards
+from auglab.params import Dimension, Experiment, Penalty, TuneSection
+from auglab.train import DeviceData, Result
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # the stage logs one line per trial itself
+
+
+def with_key(entry: Mapping[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A deep copy of `entry` with the dotted key set, creating mappings on the way."""
+    result = copy.deepcopy(dict(entry))
+    target = result
+    *parents, last = dotted.split(".")
+    for part in parents:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ValueError(f"{dotted}: {part!r} is not a mapping in the entry")
+    target[last] = value
+    return result
+
+
+def with_keys(entry: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    for dotted, value in values.items():
+        entry = with_key(entry, dotted, value)
+    return dict(entry)
+
+
+def device_data(experiment: Experiment, shard_dir: Path, split_dir: Path,
+                device: torch.device) -> tuple[DeviceData, DeviceData]:
+    """(train, val) of an experiment on the device, as train@<exp> loads them: its `train`
+    splits of `shard_dir`, plus its `real` split of `split_dir` when set; val from `split_dir`."""
+    parts = [shards.read_split(shard_dir, name) for name in experiment.train]
+    if experiment.real is not None:
+        parts.insert(0, shards.read_split(split_dir, experiment.real))
+    images = np.concatenate([p.images for p in parts])
+    labels = np.concatenate([p.labels for p in parts])
+    val = shards.read_split(split_dir, experiment.val)
+    return DeviceData.from_numpy(images, labels, device), DeviceData.from_numpy(val.images, val.labels, device)
+
+
+# --- S1's one-change sweeps -------------------------------------------------------------------
+
+
+def grid_cell(base: Mapping[str, Any], activation: str, optimizer: str, lr: float) -> dict[str, Any]:
+    """The base entry with the pair's activation and optimizer (at the grid's lr for it)."""
+    return with_keys(base, {"model_kwargs.activation": activation, "optimizer.name": optimizer, "optimizer.lr": lr})
+
+
+def batch_cell(base: Mapping[str, Any], size: int) -> dict[str, Any]:
+    return with_key(base, "batch_size", size)
+
+
+def regularization_cell(base: Mapping[str, Any], penalty: Penalty, epochs: int, patience: int) -> dict[str, Any]:
+    """The base entry with the penalty, trained until val loss stops improving (at most `epochs`)."""
+    return with_keys(base, {"l1": penalty.l1, "l2": penalty.l2, "epochs": epochs, "early_stopping": patience})
+
+
+def summary(result: Result, early_stopping: bool, test_accuracy: float, test_loss: float) -> dict[str, Any]:
+    """One sweep cell's numbers: test and val scores of the model kept (the best epoch's under early
+    stopping, else the last), epochs to converge (the lowest val loss), and timing."""
+    rows = result.history
+    kept = rows[result.best_epoch - 1] if early_stopping else rows[-1]
+    seconds = sum(r["seconds"] for r in rows)
+    return {
+        "test_accuracy": test_accuracy, "test_loss": test_loss,
+        "val_accuracy": kept["val_acc"], "val_loss": kept["val_loss"],
+        "epochs_run": len(rows), "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+        "train_seconds": round(seconds, 2), "seconds_per_epoch": round(seconds / len(rows), 2),
+        "img_per_s": round(sum(r["img_per_s"] for r in rows) / len(rows)),
+        "history": [{key: row[key] for key in ("epoch", "train_loss", "val_loss", "val_acc", "seconds")}
+                    for row in rows],
+    }
+
+
+# --- Optuna search --------------------------------------------------------------------------
+
+Objective = Callable[[dict[str, Any], Callable[[int, float], None]], float]
+
+
+def suggest(trial: optuna.Trial, space: Mapping[str, Dimension]) -> dict[str, Any]:
+    """The trial's draw for every dimension, keyed by the experiment key it sets."""
+    values = {}
+    for name, dim in space.items():
+        if dim.choices is not None:
+            values[dim.key] = trial.suggest_categorical(name, dim.choices)
+        elif dim.integer:
+            values[dim.key] = trial.suggest_int(name, math.ceil(dim.low), math.floor(dim.high), log=dim.log)
+        else:
+            values[dim.key] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+    return values
+
+
+def make_study(config: TuneSection) -> optuna.Study:
+    """A maximizing in-memory study: seeded TPE (or random) sampler, median pruner on val accuracy."""
+    if config.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.startup_trials)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=config.seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=config.warmup_epochs)
+    return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+
+
+def search(config: TuneSection, objective: Objective, log: Callable[[str], None] = print) -> optuna.Study:
+    """Run `config.trials` trials. `objective(values, report)` trains with the drawn values and
+    calls `report(epoch, val_accuracy)` after each epoch; report raises optuna.TrialPruned when
+    the pruner stops the trial. Returns the finished study."""
+    study = make_study(config)
+
+    def run(trial: optuna.Trial) -> float:
+        values = suggest(trial, config.space)
+
+        def report(epoch: int, value: float) -> None:
+            trial.set_user_attr("epochs", epoch)
+            trial.report(value, epoch)
+            if trial.should_prune():
+                log(f"trial {trial.number}: pruned after epoch {epoch} at val acc {value:.4f}")
+                raise optuna.TrialPruned()
+
+        value = objective(values, report)
+        log(f"trial {trial.number}: val acc {value:.4f} with {values}")
+        return value
+
+    study.optimize(run, n_trials=config.trials)
+    return study
+
+
+def trial_rows(study: optuna.Study, space: Mapping[str, Dimension]) -> list[dict[str, Any]]:
+    """One row per trial: number, state, value (last reported for pruned ones), epochs and params."""
+    rows = []
+    for trial in study.trials:
+        reported = trial.intermediate_values
+        value = trial.value if trial.value is not None else reported[max(reported)] if reported else None
+        rows.append({"trial": trial.number, "state": trial.state.name.lower(), "value": value,
+                     "epochs": trial.user_attrs.get("epochs", 0),
+                     **{dim.key: trial.params.get(name) for name, dim in space.items()}})
+    return rows
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def best(study: optuna.Study, space: Mapping[str, Dimension]) -> tuple[int, float, dict[str, Any]]:
+    """(trial number, val accuracy, {experiment key: value}) of the best completed trial."""
+    trial = study.best_trial
+    return trial.number, trial.value, {dim.key: trial.params[name] for name, dim in space.items()}
+
+
+def promote_command(experiment: str, values: Mapping[str, Any]) -> str:
+    """The `dvc exp run` line that writes `values` into train.experiments.<experiment>."""
+    sets = " ".join(f"-S 'train.experiments.{experiment}.{key}={_yaml_value(value)}'" for key, value in values.items())
+    return f"dvc exp run {sets}"
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def history_plot(path: Path, rows: list[dict[str, Any]], baseline: float, title: str) -> None:
+    """Trial values in order (pruned ones hollow, at their last reported value), the best so far,
+    and the experiment's defaults as a dashed line."""
+    figure = Figure(figsize=(7, 3.5))
+    axis = figure.subplots()
+    done = [r for r in rows if r["state"] == "complete"]
+    pruned = [r for r in rows if r["state"] == "pruned" and r["value"] is not None]
+    axis.scatter([r["trial"] for r in done], [r["value"] for r in done], color="C0", label="completed", zorder=3)
+    axis.scatter([r["trial"] for r in pruned], [r["value"] for r in pruned], facecolors="none", edgecolors="C7",
+                 label="pruned (last epoch run)", zorder=3)
+    running, best_so_far = -math.inf, []
+    for r in rows:
+        if r["state"] == "complete":
+            running = max(running, r["value"])
+        best_so_far.append(running if running > -math.inf else math.nan)
+    axis.step([r["trial"] for r in rows], best_so_far, where="post", color="C1", label="best so far")
+    axis.axhline(baseline, color="C3", linestyle="--", label=f"experiment defaults ({baseline:.4f})")
+    axis.set_xlabel("trial")
+    axis.set_ylabel("val accuracy")
+    axis.set_title(title, fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    save_figure(figure, path, dpi=100)

@@ -1,0 +1,74 @@
+"""Stage tune: an Optuna study (seeded TPE or random sampler, median pruner on val accuracy per
+epoch) over the keys tune.space names of one train experiment, each trial on tune.budget (a
+subset, fewer epochs). The experiment's own values run first as the baseline. Writes the trial
+history (CSV and plot) and the best values with the `dvc exp run -S` line that promotes them."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from auglab import cli, params, train, tune
+from auglab.files import write_bytes_atomic, write_json_atomic
+
+
+def main(args) -> None:
+    config = params.load_key(args.params, "tune")
+    defaults = params.load_key(args.params, "train.defaults")
+    entry = params.deep_merge(params.load_key(args.params, f"train.experiments.{config.experiment}"), config.budget)
+    where = f"train.experiments.{config.experiment} with tune.budget"
+    experiment = params.experiment(defaults, entry, where)
+    for key in ("dataset", "shards"):
+        if getattr(experiment, key) != getattr(config, key):
+            raise params.ParamsError(f"tune.{key}: expected {getattr(experiment, key)!r} as in {where}, "
+                                     f"got {getattr(config, key)!r}")
+    device = train.choose_device(experiment.device)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    train_data, val_data = tune.device_data(experiment, args.shards, args.splits, device)
+    stats = json.loads(args.stats.read_text())
+
+    def fit(values: dict, report=lambda epoch, value: None) -> float:
+        run = params.experiment(defaults, tune.with_keys(entry, values), f"{where} and {values}")
+        args.checkpoint.unlink(missing_ok=True)  # trials never resume one another
+        try:
+            result = train.train(run, train_data, val_data, stats, args.checkpoint,
+                                 on_epoch=lambda row: report(row["epoch"], row["val_acc"]), log=lambda line: None)
+        finally:
+            args.checkpoint.unlink(missing_ok=True)
+        return result.history[-1]["val_acc"]
+
+    cli.log(f"tune: {config.trials} {config.sampler} trials on {config.experiment} "
+            f"({len(train_data):,} images, {experiment.epochs} epochs each), seed {config.seed}")
+    baseline = fit({})
+    cli.log(f"tune: the experiment's own values reach val acc {baseline:.4f}")
+    study = tune.search(config, fit, log=cli.log)
+    number, value, values = tune.best(study, config.space)
+    rows = tune.trial_rows(study, config.space)
+    states = [r["state"] for r in rows]
+    for path in (args.trials, args.history, args.best):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tune.history_plot(args.history, rows, baseline, f"tune: {config.sampler} search on {config.experiment}, "
+                      f"val accuracy per trial (seed {config.seed})")
+    write_bytes_atomic(args.trials, tune.rows_csv(rows))
+    write_json_atomic(args.best, {
+        "experiment": config.experiment, "sampler": config.sampler, "seed": config.seed,
+        "trials": len(rows), "completed": states.count("complete"), "pruned": states.count("pruned"),
+        "baseline_val_accuracy": baseline, "best_val_accuracy": value, "best_trial": number,
+        "beats_baseline": value > baseline, "best": values,
+        "promote": tune.promote_command(config.experiment, values),
+    })
+    cli.log(f"tune: best val acc {value:.4f} (trial {number}) vs {baseline:.4f} for the experiment's values; "
+            f"{states.count('pruned')} of {len(rows)} trials pruned")
+
+
+if __name__ == "__main__":
+    parser = cli.parser(__doc__)
+    parser.add_argument("--splits", type=Path, required=True, help="the experiment's split directory")
+    parser.add_argument("--shards", type=Path, required=True, help="shard directory of the experiment's training splits")
+    parser.add_argument("--stats", type=Path, required=True, help="normalization statistics JSON")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="scratch checkpoint of the running trial")
+    parser.add_argument("--trials", type=Path, required=True, help="trial history CSV to write")
+    parser.add_argument("--history", type=Path, required=True, help="trial history plot (PNG) to write")
+    parser.add_argument("--best", type=Path, required=True, help="best values JSON (metrics) to write")
+    cli.run(main, parser)
