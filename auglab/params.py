@@ -409,6 +409,15 @@ class TuneSection(Section):
     warmup_epochs: NonNegativeInt  # epochs every trial runs before the median pruner may stop it
 
 
+# --- ensembles ------------------------------------------------------------------------------
+
+
+class EnsembleConfig(Section):
+    dataset: str  # a key of split.datasets; every member must be trained on it
+    members: Annotated[list[str], Field(min_length=1)]  # train experiments whose test logits are averaged
+    flips: bool  # also average each member's logits of the mirrored images (Fashion-MNIST, not digits)
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
@@ -424,14 +433,29 @@ class Study(Section):
     curves: bool  # draw the rows' train/val loss curves
 
 
+class HeadlineRow(Section):
+    ensemble: str  # a key of ensembles
+    value: Literal["member_mean", "accuracy"]  # the members' mean (single model) or the ensemble's accuracy
+    goal: Fraction  # test accuracy the issue asks for
+    study: float | None  # the studies' own best on this dataset, or null
+    anchor: Fraction  # the best published number we know
+
+
+class Headline(Section):
+    rows: Annotated[dict[str, HeadlineRow], Field(min_length=1)]  # label -> row of the headline table
+    speed: str  # the train experiment timed to 99 % on MNIST test
+    speed_goal: PositiveFloat  # seconds of training the issue asks for
+
+
 class ReportSection(Section):
     studies: dict[str, Study]  # one table each, in this order
+    headline: Headline
     sanity: dict[str, str]  # augment build -> experiment (trained on real data) that labels its images
     filters: str  # experiment whose first-layer filters and feature maps are drawn
     confusion: list[str]  # experiments whose confusion matrices are drawn
 
 
-SECTIONS: dict[str, type[Section]] = {
+SECTIONS: dict[str, Any] = {  # a section model, or a mapping of entries (name -> model)
     "download": DownloadSection,
     "split": SplitSection,
     "preprocess": PreprocessSection,
@@ -439,6 +463,7 @@ SECTIONS: dict[str, type[Section]] = {
     "train": TrainSection,
     "gan": GanSection,
     "sweeps": SweepsSection,
+    "ensembles": dict[str, EnsembleConfig],
     "tune": TuneSection,
     "report": ReportSection,
 }
@@ -493,14 +518,19 @@ def _describe(error: dict[str, Any], prefix: str) -> str:
     return f"{path}: {message}, got {got!r}"
 
 
-def validate(name: str, data: Any) -> Section:
+def validate(name: str, data: Any) -> Any:
     """Validate one section's raw data into its model; raise ParamsError naming field paths."""
     if name not in SECTIONS:
         raise ParamsError(f"unknown params section {name!r}; known: {', '.join(SECTIONS)}")
     try:
-        return SECTIONS[name].model_validate(data)
+        return TypeAdapter(SECTIONS[name], config=None if _is_model(SECTIONS[name]) else ConfigDict(strict=True)
+                           ).validate_python(data)
     except ValidationError as e:
         raise ParamsError("; ".join(_describe(err, name) for err in e.errors())) from None
+
+
+def _is_model(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, BaseModel)
 
 
 def load(path: Path, *names: str) -> tuple[Section, ...]:
@@ -553,7 +583,7 @@ def load_key(path: Path, dotted: str) -> Any:
             present = f"; present: {', '.join(map(str, data))}" if isinstance(data, dict) and data else ""
             raise ParamsError(f"{dotted}: missing required key{present}")
         data = data[part]
-    strict = None if isinstance(kind, type) and issubclass(kind, BaseModel) else ConfigDict(strict=True)
+    strict = None if _is_model(kind) else ConfigDict(strict=True)
     try:
         return TypeAdapter(kind, config=strict).validate_python(data)
     except ValidationError as e:

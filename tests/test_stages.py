@@ -91,9 +91,14 @@ def project(tmp_path_factory):
                           startup_trials=2, warmup_epochs=0,
                           space={"lr": {"key": "optimizer.lr", "low": 0.0001, "high": 0.1, "log": True},
                                  "batch_size": {"key": "batch_size", "choices": [8, 16]}})
+    params["ensembles"] = {"toy_pair": {"dataset": "toy", "members": ["toy_mlp", "toy_synthetic"], "flips": True}}
     rows = {"mlp": {"experiment": "toy_mlp", "reported": 0.5}, "synthetic": {"experiment": "toy_synthetic", "reported": None},
             "tuned": {"experiment": "toy_tuned", "reported": None}}
+    headline = {"rows": {"toy pair": {"ensemble": "toy_pair", "value": "member_mean", "goal": 0.5, "study": None,
+                                      "anchor": 0.9}},
+                "speed": "toy_mlp", "speed_goal": 10.0}
     params["report"] = {"studies": {"toy": {"title": "Toy study", "source": "0.5 for the MLP", "curves": True, "rows": rows}},
+                        "headline": headline,
                         "sanity": {"toy_s2_expand": "toy_mlp", "toy_s1_copies": "toy_synthetic"},
                         "filters": "toy_synthetic", "confusion": ["toy_mlp", "toy_tuned"]}
     with open(root / "params.yaml", "w") as f:
@@ -114,8 +119,8 @@ def test_each_stage_runs_with_only_its_declared_params(project):
         "download@toy", "split@toy", "preprocess@toy",
         "augment@toy_s2_expand", "augment@toy_s1_copies", "augment@toy_s0_light",
         "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned",
-        "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "gan@toy", "gan_score@toy",
-        "grid@relu-adam", "grid@relu-sgd", "grid@tanh-adam", "grid@tanh-sgd", "batch@8", "batch@32",
+        "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "ensemble@toy_pair", "gan@toy",
+        "gan_score@toy", "grid@relu-adam", "grid@relu-sgd", "grid@tanh-adam", "grid@tanh-sgd", "batch@8", "batch@32",
         "regularize@none", "regularize@l2", "tune", "report",
     ]
     for stage in found:
@@ -143,6 +148,9 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     score = json.loads((root / "artifacts/gan/toy/score.json").read_text())
     assert score["fid"] > 0 and 0 <= score["cas"] <= 1 and score["extractor"] == "toy_mlp"
     assert not (root / "artifacts/checkpoints/gan_toy.pt").exists()
+    pair = json.loads((root / "artifacts/ensembles/toy_pair.json").read_text())
+    assert set(pair["members"]) == {"toy_mlp", "toy_synthetic"} and pair["flips"] and pair["images"] == 50
+    assert pair["member_mean"] == pytest.approx(sum(pair["members"].values()) / 2) and 0 <= pair["accuracy"] <= 1
     cell = json.loads((root / "artifacts/sweeps/grid/tanh-sgd.json").read_text())
     assert cell["changed"] == {"activation": "tanh", "optimizer": "sgd", "lr": 0.01} and cell["epochs_run"] == 1
     assert 0 <= cell["test_accuracy"] <= 1 and cell["val_loss"] > 0 and cell["train_seconds"] > 0
@@ -163,7 +171,7 @@ def test_each_stage_runs_with_only_its_declared_params(project):
 def check_report(root: Path) -> None:
     """Every table present and filled, every linked figure written, headline metrics for diff."""
     text = (root / "reports/report.md").read_text()
-    for heading in ("## Toy study", "## S1 sweeps: activation x optimizer", "## S1 sweeps: batch size",
+    for heading in ("## Headline results", "## Toy study", "## S1 sweeps: activation x optimizer", "## S1 sweeps: batch size",
                     "## S1 sweeps: regularization", "## Bayesian search (Optuna)", "## GAN samples",
                     "## Augmentation sanity", "## Confusion matrices", "## First-layer filters", "## Timing"):
         assert heading in text, heading
