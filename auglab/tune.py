@@ -175,8 +175,10 @@ def best(study: optuna.Study, space: Mapping[str, Dimension]) -> tuple[int, floa
 
 
 def promote_command(experiment: str, values: Mapping[str, Any]) -> str:
-    """The `dvc exp run` line that writes `values` into train.experiments.<experiment>."""
-    sets = " ".join(f"-S 'train.experiments.{experiment}.{key}={_yaml_value(value)}'" for key, value in values.items())
+    """The `dvc exp run` line that writes `values` into train.experiments.<experiment>. Hydra, which
+    parses -S, refuses to set a key the entry does not have yet (an entry that inherits its
+    optimizer from train.defaults has no `optimizer`); `++` sets it whether it exists or not."""
+    sets = " ".join(f"-S '++train.experiments.{experiment}.{key}={_yaml_value(value)}'" for key, value in values.items())
     return f"dvc exp run {sets}"
 
 

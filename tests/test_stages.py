@@ -162,7 +162,7 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     tuned = json.loads((root / "artifacts/tune/best.json").read_text())
     assert tuned["trials"] == 4 and tuned["completed"] + tuned["pruned"] == 4
     assert tuned["best_val_accuracy"] >= 0 and set(tuned["best"]) == {"optimizer.lr", "batch_size"}
-    assert tuned["promote"].startswith("dvc exp run -S 'train.experiments.toy_mlp.optimizer.lr=")
+    assert tuned["promote"].startswith("dvc exp run -S '++train.experiments.toy_mlp.optimizer.lr=")
     trials = (root / "artifacts/tune/trials.csv").read_text().splitlines()
     assert trials[0] == "trial,state,value,epochs,optimizer.lr,batch_size" and len(trials) == 5
     check_report(root)

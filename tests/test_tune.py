@@ -87,5 +87,5 @@ def test_space_errors_name_the_key():
 
 def test_promote_command_writes_yaml_values():
     line = tune.promote_command("s1_cnn_maxpool", {"optimizer.lr": 0.00123456789, "batch_size": 64, "x": True})
-    assert line == ("dvc exp run -S 'train.experiments.s1_cnn_maxpool.optimizer.lr=0.00123457' "
-                    "-S 'train.experiments.s1_cnn_maxpool.batch_size=64' -S 'train.experiments.s1_cnn_maxpool.x=true'")
+    assert line == ("dvc exp run -S '++train.experiments.s1_cnn_maxpool.optimizer.lr=0.00123457' "
+                    "-S '++train.experiments.s1_cnn_maxpool.batch_size=64' -S '++train.experiments.s1_cnn_maxpool.x=true'")
