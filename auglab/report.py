@@ -118,8 +118,12 @@ def filters_and_maps(path: Path, model: nn.Module, image: np.ndarray, mean: floa
 
 
 def machine() -> str:
+    """The host in one line, with the CPU's vector capability: `precision: auto` trains in bf16
+    only where the CPU has native bf16 (AVX-512 bf16), else in fp32, which moves the numbers."""
     threads = torch.get_num_threads()
-    return (f"{platform.processor() or platform.machine()}, {threads} torch threads, Python "
+    bf16 = "native bf16" if torch.cpu._is_avx512_bf16_supported() else "no native bf16, so auto = fp32"
+    return (f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, {bf16}), "
+            f"{threads} torch threads, Python "
             f"{platform.python_version()}, torch {torch.__version__}, "
             f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from auglab import AuglabError, params, train
+from auglab import AuglabError, params, report, train
 from auglab.params import Experiment, Optimizer, Schedule
 
 from conftest import ROOT
@@ -180,6 +180,10 @@ def test_device_and_precision_choices():
     assert train.autocast_dtype(torch.device("cpu"), "bf16") is torch.bfloat16
     native = torch.cpu._is_avx512_bf16_supported()
     assert train.autocast_dtype(torch.device("cpu"), "auto") is (torch.bfloat16 if native else None)
+    # the report says which of the two this host is, since the numbers move with it
+    host = report.machine()
+    assert torch.backends.cpu.get_cpu_capability() in host
+    assert ("no native bf16, so auto = fp32" in host) is not native
 
 
 def test_optimizer_options_that_do_not_apply_are_refused():
