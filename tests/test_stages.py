@@ -153,7 +153,9 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     assert pair["member_mean"] == pytest.approx(sum(pair["members"].values()) / 2) and 0 <= pair["accuracy"] <= 1
     cell = json.loads((root / "artifacts/sweeps/grid/tanh-sgd.json").read_text())
     assert cell["changed"] == {"activation": "tanh", "optimizer": "sgd", "lr": 0.01} and cell["epochs_run"] == 1
-    assert 0 <= cell["test_accuracy"] <= 1 and cell["val_loss"] > 0 and cell["train_seconds"] > 0
+    assert 0 <= cell["test_accuracy"] <= 1 and cell["val_loss"] > 0
+    # a toy epoch can take under 5 ms, which rounds to 0.0 s: check the bookkeeping, not the clock
+    assert cell["train_seconds"] == round(sum(row["seconds"] for row in cell["history"]), 2) >= 0
     batch = json.loads((root / "artifacts/sweeps/batch/8.json").read_text())
     assert batch["changed"] == {"batch_size": 8} and batch["epochs_run"] == 1
     penalty = json.loads((root / "artifacts/sweeps/regularize/l2.json").read_text())
