@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from auglab import preprocess
+from auglab import preprocess, train
 from auglab.files import save_figure
 from auglab.params import Study
 
@@ -121,7 +121,8 @@ def machine() -> str:
     """The host in one line, with the CPU's vector capability: `precision: auto` trains in bf16
     only where the CPU has native bf16 (AVX-512 bf16), else in fp32, which moves the numbers."""
     threads = torch.get_num_threads()
-    bf16 = "native bf16" if torch.cpu._is_avx512_bf16_supported() else "no native bf16, so auto = fp32"
+    native = train.autocast_dtype(torch.device("cpu"), "auto") is torch.bfloat16  # the one place that decides
+    bf16 = "native bf16" if native else "no native bf16, so auto = fp32"
     return (f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, {bf16}), "
             f"{threads} torch threads, Python "
             f"{platform.python_version()}, torch {torch.__version__}, "

@@ -128,7 +128,7 @@ def main() -> None:
     if "kaggle_cnn" in args.models.split(","):
         # Without AVX-512 bf16 (an AVX2-only CPU), bf16 autocast is emulated, 6-10x slower than fp32:
         # `auto` picks fp32 there, and timing forced bf16 would take minutes for nothing.
-        native = torch.cpu._is_avx512_bf16_supported()
+        native = train.autocast_dtype(torch.device("cpu"), "auto") is torch.bfloat16
         tricks = [("fp32", False), ("fp32", True)] + ([("bf16", False), ("bf16", True)] if native else [])
         print("  kaggle_cnn, one trick at a time (img/s):", end="")
         for precision, layout in tricks:
