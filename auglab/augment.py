@@ -11,6 +11,24 @@ Ranges follow Keras' ImageDataGenerator, which the studies used: rotation r -> a
 [-r, r] degrees; translation t -> shift uniform in [-t, t] of the side, per axis; zoom z ->
 scale uniform in [1-z, 1+z], per axis independently; shear s -> angle uniform in [-s, s] degrees.
 The matrices are composed as Keras does: rotation @ translation @ shear @ zoom.
+
+**The same bytes on every CPU.** torch picks a SIMD kernel per host (AVX-512, AVX2 or plain),
+and float32 kernels that round differently (grid_sample at arbitrary positions, randn, exp)
+moved 26 of 7.84 million pixels by one level between paths. So every number that decides a
+pixel is computed in one of two ways whose result cannot depend on the kernel:
+- float64 elementwise arithmetic in a fixed order: +, -, *, /, sqrt and rounding are exact IEEE
+  operations, correctly rounded whatever the vector width, and each is its own kernel (no fused
+  multiply-add); the float64 draws (rand, randn) and transcendentals (cos, sin, exp) come from
+  torch's scalar code on every path (tests/test_host_stable.py checks this under
+  ATEN_CPU_CAPABILITY=default). Sums are written out term by term (`compose`, `_blur`), never
+  left to a reduction, convolution or BLAS call whose order the kernel chooses.
+- exact arithmetic for the resampling itself: each sampling position is rounded once, in
+  float64, to 1/256 pixel (`FRACTION_BITS`); from there on bilinear interpolation on a
+  power-of-two canvas involves only dyadic numbers that fit float32, so nothing rounds (see
+  `sample_at`) and grid_sample gives the same bytes on every path, CUDA included.
+A float64 position can only round differently if a host's transcendental differed in its last
+bit (none did here) and the position fell within that ulp of a 1/512-pixel boundary: about
+2^-43 per position. bench/augment_speed.py measures what this costs against torchvision.
 """
 
 from __future__ import annotations
@@ -29,23 +47,36 @@ from tqdm import tqdm
 
 from auglab import AuglabError, shards
 
-BATCH = 1024  # images per warp: amortizes dispatch, stays in cache (4096 ran 1.6x slower here)
+BATCH = 1024  # images per recipe batch: amortizes dispatch (4096 ran 1.6x slower here)
+WARP_CHUNK = 128  # images per resampling pass: its float64 positions (1.6 MB) stay in cache
+FRACTION_BITS = 8  # a sampling position is rounded to 1 / 2**FRACTION_BITS of a pixel (a step)
+TERM_BITS = 12  # the terms that sum to a position are rounded to 1 / 2**TERM_BITS of a pixel first
+FILLS = ("zeros", "nearest")  # outside the image: black, or the nearest edge pixel (Keras' default)
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
-    """(n,) float32 uniform in [low, high), drawn on the generator's device."""
-    return low + (high - low) * torch.rand(n, generator=generator, device=generator.device)
+    """(n,) float64 uniform in [low, high), drawn on the generator's device."""
+    return low + (high - low) * torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
 
 
 def _identity(n: int, device: torch.device) -> torch.Tensor:
-    return torch.eye(3, device=device).expand(n, 3, 3).clone()
+    return torch.eye(3, device=device, dtype=torch.float64).expand(n, 3, 3).clone()
 
 
-# --- affine ops: (n,) random parameters -> (n, 3, 3) matrices, output coords -> input coords ---
+def compose(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(n, 3, 3) a @ b in float64, each entry summed in a fixed order (matmul may pick its own)."""
+    out = torch.empty_like(a)
+    for i in range(3):
+        for j in range(3):
+            out[:, i, j] = a[:, i, 0] * b[:, 0, j] + a[:, i, 1] * b[:, 1, j] + a[:, i, 2] * b[:, 2, j]
+    return out
+
+
+# --- affine ops: (n,) random parameters -> (n, 3, 3) float64 matrices, output -> input coords ---
 
 
 def rotation_matrix(n: int, generator: torch.Generator, strength: float) -> torch.Tensor:
-    angle = torch.deg2rad(_uniform(n, -strength, strength, generator))
+    angle = _uniform(n, -strength, strength, generator) * (math.pi / 180)
     m = _identity(n, generator.device)
     m[:, 0, 0], m[:, 0, 1] = torch.cos(angle), -torch.sin(angle)
     m[:, 1, 0], m[:, 1, 1] = torch.sin(angle), torch.cos(angle)
@@ -68,7 +99,7 @@ def zoom_matrix(n: int, generator: torch.Generator, strength: float) -> torch.Te
 
 
 def shear_matrix(n: int, generator: torch.Generator, strength: float) -> torch.Tensor:
-    angle = torch.deg2rad(_uniform(n, -strength, strength, generator))
+    angle = _uniform(n, -strength, strength, generator) * (math.pi / 180)
     m = _identity(n, generator.device)
     m[:, 0, 1], m[:, 1, 1] = -torch.sin(angle), torch.cos(angle)
     return m
@@ -82,16 +113,79 @@ AFFINE: dict[str, Callable[..., torch.Tensor]] = {  # in Keras' composition orde
 }
 
 
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.round_().clamp_(0, 255).to(torch.uint8)
+# --- resampling: bilinear at positions rounded to 1/256 pixel, exact in float32 -----------------
 
 
-def warp(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-    """Resample uint8 (N, C, H, W) through (N, 3, 3) output->input matrices, in one pass."""
-    theta = matrices[:, :2, :].to(images.device)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return _to_uint8(F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
-                                   align_corners=False))
+def _canvas(images: torch.Tensor, fill: str) -> tuple[torch.Tensor, int, int]:
+    """float32 (N, C, Hc, Wc) copy of uint8 images on a power-of-two canvas (at least 2 pixels of
+    `fill` on every side), and the canvas row and column of pixel (0, 0)."""
+    if fill not in FILLS:
+        raise AuglabError(f"augment fill {fill!r}: expected one of {', '.join(FILLS)}")
+    h, w = images.shape[-2:]
+    hc, wc = 1 << (h + 3).bit_length(), 1 << (w + 3).bit_length()
+    top, left = (hc - h) // 2, (wc - w) // 2
+    padding = (left, wc - w - left, top, hc - h - top)
+    mode = "constant" if fill == "zeros" else "replicate"
+    return F.pad(images.float(), padding, mode=mode), top, left
+
+
+def steps(x: torch.Tensor) -> torch.Tensor:
+    """float64 pixel offsets -> float32 in 1/2**FRACTION_BITS-pixel steps, rounded to 1/16 step.
+
+    Every value is then a multiple of 1/16 below 2**19 (offsets are clamped to +-2047 pixels,
+    far outside any image), and so is exact in float32, as is the sum of two of them.
+    """
+    fine = 1 << (TERM_BITS - FRACTION_BITS)
+    return x.clamp(-2047, 2047).mul_(1 << TERM_BITS).round_().div_(fine).float()
+
+
+def sample_at(images: torch.Tensor, positions: torch.Tensor, fill: str = "zeros") -> torch.Tensor:
+    """uint8 (N, C, H, W) read bilinearly at float32 (N, H, W, 2) positions (x, y) in steps (see
+    `steps`; 0 = the first pixel's centre), each rounded to a whole step (1/256 pixel); outside
+    the image, `fill`. Overwrites `positions`.
+
+    Why this is exact: the positions are dyadic numbers that fit float32, and on a power-of-two
+    canvas every coordinate grid_sample derives from them is a multiple of 2**-8 of modest size;
+    its bilinear weights are multiples of 2**-16 below 1, each weight times a pixel (<= 255)
+    fits float32's 24 bits, and so does their sum. Nothing rounds, so the result is the same
+    whatever order or fused multiply-adds a kernel uses, on any CPU path and on CUDA;
+    tests/test_host_stable.py compares it with integer arithmetic.
+    """
+    out = torch.empty_like(images)
+    for start in range(0, len(images), WARP_CHUNK):  # a chunk's temporaries stay in cache
+        part = slice(start, start + WARP_CHUNK)
+        out[part] = _sample_chunk(images[part], positions[part], fill)
+    return out
+
+
+def _sample_chunk(images: torch.Tensor, positions: torch.Tensor, fill: str) -> torch.Tensor:
+    canvas, top, left = _canvas(images, fill)
+    (h, w), (hc, wc) = images.shape[-2:], canvas.shape[-2:]
+    one = 1 << FRACTION_BITS
+    # past a 2-pixel border every read is `fill` (beyond the canvas: zeros, or border's edge)
+    grid = positions.clamp_(-2 * one, (max(h, w) + 1) * one).round_()  # integers below 2**14
+    # grid_sample's coordinate of canvas pixel p is (2p + 1) / side - 1, p = step / one + offset
+    for axis, side, offset in ((0, wc, left), (1, hc, top)):  # multiples of 2**-(bits + 1) / side
+        grid[..., axis].mul_(2 / (one * side)).add_((2 * offset + 1) / side - 1)
+    padding = "zeros" if fill == "zeros" else "border"
+    out = F.grid_sample(canvas, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def warp(images: torch.Tensor, matrices: torch.Tensor, fill: str = "zeros") -> torch.Tensor:
+    """Resample uint8 (N, C, H, W) through (N, 3, 3) output->input matrices in normalized
+    coordinates (align_corners=False, as affine_grid), in one pass."""
+    n, _, h, w = images.shape
+    m = matrices.to(images.device, torch.float64).view(n, 3, 3, 1)
+    u = (2 * torch.arange(w, device=images.device, dtype=torch.float64) + 1) / w - 1  # normalized
+    v = (2 * torch.arange(h, device=images.device, dtype=torch.float64) + 1) / h - 1  # output coords
+    positions = torch.empty((n, h, w, 2), device=images.device)
+    for axis, side in ((0, w), (1, h)):
+        # input pixel (m_axis . (u, v, 1) + 1) side / 2 - 1/2, as a column term plus a row term
+        column = steps(m[:, axis, 0] * u * (side / 2))
+        row = steps(((m[:, axis, 1] * v + m[:, axis, 2]) + 1) * (side / 2) - 0.5)
+        torch.add(column.view(n, 1, w), row.view(n, h, 1), out=positions[..., axis])
+    return sample_at(images, positions, fill)
 
 
 # --- pixel ops: uint8 (N, C, H, W) -> uint8 (N, C, H, W) ---------------------------------------
@@ -108,37 +202,44 @@ def hflip(images: torch.Tensor, generator: torch.Generator, strength: float) -> 
 
 
 def noise(images: torch.Tensor, generator: torch.Generator, strength: float) -> torch.Tensor:
-    """Add gaussian noise of std `strength` pixel values."""
-    sample = torch.randn(images.shape, generator=generator, device=generator.device).to(images.device)
-    return _to_uint8(images.float() + strength * sample)
+    """Add gaussian noise of std `strength` pixel values (float64, rounded half to even)."""
+    sample = torch.randn(images.shape, generator=generator, device=generator.device, dtype=torch.float64)
+    return (images.double() + strength * sample.to(images.device)).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _gaussian_kernel(sigma: float, device: torch.device) -> torch.Tensor:
+def _gaussian_kernel(sigma: float) -> list[float]:
     radius = max(1, math.ceil(2 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    return kernel / kernel.sum()
+    weights = [math.exp(-(x * x) / (2 * sigma * sigma)) for x in range(-radius, radius + 1)]
+    return [weight / math.fsum(weights) for weight in weights]
+
+
+def _blur(field: torch.Tensor, kernel: list[float], dim: int) -> torch.Tensor:
+    """Gaussian blur of float64 (..., H, W) along `dim` (-1 or -2), reflect-padded, the taps summed
+    in a fixed order (a convolution would let the kernel choose the order)."""
+    pad = len(kernel) // 2
+    padded = torch.nn.functional.pad(field, (pad, pad, 0, 0) if dim == -1 else (0, 0, pad, pad), mode="reflect")
+    size = field.shape[dim]
+    out = kernel[0] * padded.narrow(dim, 0, size)
+    for tap in range(1, len(kernel)):
+        out = out + kernel[tap] * padded.narrow(dim, tap, size)
+    return out
 
 
 def elastic(images: torch.Tensor, generator: torch.Generator, alpha: float, sigma: float) -> torch.Tensor:
-    """Simard et al. 2003: a random displacement field, smoothed by a gaussian of `sigma`
-    pixels and scaled to `alpha` pixels, resampled bilinearly."""
+    """Simard et al. 2003: a random displacement field, smoothed by a gaussian of `sigma` pixels
+    and scaled to `alpha` pixels of standard deviation, resampled bilinearly (zero fill)."""
     n, _, h, w = images.shape
-    field = 2 * torch.rand((n, 2, h, w), generator=generator, device=generator.device) - 1
-    field = field.to(images.device)
-    kernel = _gaussian_kernel(sigma, images.device)
-    pad = len(kernel) // 2
-    # separable blur of both displacement channels: (2n, 1, h, w)
-    flat = field.reshape(2 * n, 1, h, w)
-    flat = F.conv2d(F.pad(flat, (pad, pad, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    flat = F.conv2d(F.pad(flat, (0, 0, pad, pad), mode="reflect"), kernel.view(1, 1, -1, 1))
-    # unit-std smoothed field * alpha pixels, in normalized units (2 / side per pixel)
-    field = flat.reshape(n, 2, h, w) / flat.std().clamp_min(1e-8) * alpha
-    offset = torch.stack([field[:, 0] * 2 / w, field[:, 1] * 2 / h], dim=-1)  # (n, h, w, 2)
-    identity = _identity(n, images.device)[:, :2, :]
-    grid = F.affine_grid(identity, [n, 1, h, w], align_corners=False) + offset
-    return _to_uint8(F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
-                                   align_corners=False))
+    field = 2 * torch.rand((n, 2, h, w), generator=generator, device=generator.device, dtype=torch.float64) - 1
+    kernel = _gaussian_kernel(sigma)
+    field = _blur(_blur(field.to(images.device), kernel, -1), kernel, -2)
+    # std of blurred uniform(-1, 1) noise, away from the border: sqrt(1/3) * sum(k^2) per axis
+    scale = alpha / (math.sqrt(1 / 3) * math.fsum(k * k for k in kernel))
+    # a pixel's own index in steps (exact) plus its displacement in steps
+    cols = torch.arange(w, device=images.device, dtype=torch.float32).mul_(1 << FRACTION_BITS)
+    rows = torch.arange(h, device=images.device, dtype=torch.float32).mul_(1 << FRACTION_BITS)
+    positions = torch.stack([cols.view(1, 1, w) + steps(scale * field[:, 0]),
+                             rows.view(1, h, 1) + steps(scale * field[:, 1])], dim=-1)
+    return sample_at(images, positions)
 
 
 def erasing(images: torch.Tensor, generator: torch.Generator, p: float, area: list[float]) -> torch.Tensor:
@@ -191,7 +292,7 @@ def apply_view(images: torch.Tensor, ops: dict[str, dict], generator: torch.Gene
     if affine:
         matrix = _identity(n, generator.device)
         for name in affine:
-            matrix = matrix @ AFFINE[name](n, generator, **ops[name])
+            matrix = compose(matrix, AFFINE[name](n, generator, **ops[name]))
         images = warp(images, matrix)
     for name in PIXEL:
         if name in ops:

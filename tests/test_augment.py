@@ -122,15 +122,21 @@ def test_view_composes_affine_ops_into_one_warp():
     ops = {"rotation": STRENGTH["rotation"], "shear": STRENGTH["shear"], "zoom": STRENGTH["zoom"]}
     out = augment.apply_view(images, ops, augment.generator_for(3, 0))
     generator = augment.generator_for(3, 0)
-    matrix = torch.eye(3).expand(len(images), 3, 3)
+    matrix = torch.eye(3, dtype=torch.float64).expand(len(images), 3, 3)
     for name in ("rotation", "shear", "zoom"):  # Keras' composition order
-        matrix = matrix @ augment.AFFINE[name](len(images), generator, **ops[name])
+        matrix = augment.compose(matrix, augment.AFFINE[name](len(images), generator, **ops[name]))
     assert torch.equal(out, augment.warp(images, matrix))
+
     sequential = images
     generator = augment.generator_for(3, 0)
     for name in ("rotation", "shear", "zoom"):
         sequential = augment.warp(sequential, augment.AFFINE[name](len(images), generator, **ops[name]))
     assert not torch.equal(out, sequential)  # three resamplings blur differently
+
+
+def test_compose_is_the_matrix_product():
+    a, b = torch.randn(5, 3, 3, dtype=torch.float64), torch.randn(5, 3, 3, dtype=torch.float64)
+    assert torch.allclose(augment.compose(a, b), a @ b, rtol=0, atol=1e-12)
 
 
 def test_unknown_op_is_refused():
