@@ -18,6 +18,13 @@ and its batchnorms (class-conditional gains and biases, as in BigGAN).
 
 Images are uint8 on the device; the GAN sees them scaled to [-1, 1] (`to_unit`), and samples
 return to uint8 by `to_uint8`, the exact inverse on the 256 grid.
+
+Sampling runs a float64 copy of the networks (`write_samples`). In float32 the kernels torch
+picks per CPU (AVX-512, AVX2, plain) and its vectorized randn round differently, and a pixel
+near a level boundary lands on another level; in float64 the noise comes from scalar code on
+every path and the networks' outputs agree to ~1e-15, so a pixel changes only if it lies within
+that of a boundary (about 1e-12 per pixel; none in the SIMD test). Not a proof, as the integer
+warps of auglab.augment are, but the same samples from the same generator.pt on every CPU.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Float in [-1, 1] -> uint8, rounding to the nearest of the 256 levels (to_unit's inverse)."""
-    return x.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.double().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 # --- networks --------------------------------------------------------------------------------
@@ -264,12 +271,13 @@ def train(
 
 @torch.no_grad()
 def sample(generator: Generator, labels: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """uint8 (B, 1, 28, 28) images of the classes `labels`, drawn with `rng` (eval mode)."""
-    device = next(generator.parameters()).device
+    """uint8 (B, 1, 28, 28) images of the classes `labels`, drawn with `rng` (eval mode), in
+    the generator's own dtype."""
+    parameter = next(generator.parameters())
     images = []
     for start in range(0, len(labels), SAMPLE_BATCH):
-        y = labels[start : start + SAMPLE_BATCH].to(device)
-        z = torch.randn(len(y), generator.z_dim, generator=rng, device=device)
+        y = labels[start : start + SAMPLE_BATCH].to(parameter.device)
+        z = torch.randn(len(y), generator.z_dim, generator=rng, device=parameter.device, dtype=parameter.dtype)
         images.append(to_uint8(generator(z, y)))
     return torch.cat(images)
 
@@ -285,7 +293,8 @@ def accept(judge: Discriminator | None, images: torch.Tensor, labels: torch.Tens
     `min_confidence` on these uint8 images (all True without a judge or at 0)."""
     if judge is None or min_confidence <= 0:
         return torch.ones(len(labels), dtype=torch.bool, device=labels.device)
-    _, logits = judge(to_unit(images), labels)
+    weight = next(judge.parameters(), None)  # float64 when sampling (write_samples)
+    _, logits = judge(to_unit(images).to(torch.float32 if weight is None else weight.dtype), labels)
     return torch.softmax(logits.float(), 1).gather(1, labels[:, None]).squeeze(1) >= min_confidence
 
 
@@ -315,9 +324,12 @@ def write_samples(directory: Path, generator: Generator, per_class: int, dataset
                   rows_per_shard: int = shards.ROWS_PER_SHARD) -> tuple[shards.SplitInfo, float]:
     """`per_class` images of every class as split `gan` (origin=gan, source_id=-1); returns
     the split info and the acceptance rate of `accept`. Each shard draws its noise from its own
-    generator (seed, shard index): the bytes depend only on the weights and the seed."""
+    generator (seed, shard index), and float64 copies of the networks draw and judge, so the
+    bytes depend only on the weights and the seed, not on the CPU (see the module docstring)."""
     if per_class <= 0:
         raise AuglabError(f"gan samples: expected a positive count per class, got {per_class}")
+    generator = copy.deepcopy(generator).double().eval()
+    judge = copy.deepcopy(judge).double().eval() if judge is not None and min_confidence > 0 else None
     labels = sample_labels(per_class, generator.classes)
     layout = shards.schema(height=28, width=28, dataset=dataset, split="gan", classes=generator.classes,
                            augmented=True)
@@ -331,6 +343,26 @@ def write_samples(directory: Path, generator: Generator, per_class: int, dataset
             writer.write(np.arange(start, start + len(rows)), rows, images,
                          source_id=np.full(len(rows), -1), origin=np.full(len(rows), "gan"))
         return writer.close(), len(labels) / drawn
+
+
+def save_sampler(path: Path, config: GanConfig, result: Result, class_names: list[str]) -> None:
+    """generator.pt: what sampling needs, written atomically: the config, the EMA generator, the
+    discriminator (whose auxiliary head can vet samples) and the class names."""
+    def weights(module: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+    save_atomic({"config": config.model_dump(mode="json"), "state_dict": weights(result.generator),
+                 "discriminator": weights(result.discriminator), "class_names": class_names}, path)
+
+
+def load_sampler(path: Path, device: torch.device) -> tuple[Generator, Discriminator, GanConfig, list[str]]:
+    """The networks, config and class names `save_sampler` wrote, in eval mode on `device`."""
+    saved = torch.load(path, map_location=device, weights_only=True)
+    config = GanConfig(**saved["config"])
+    generator, discriminator = build(config)
+    generator.load_state_dict(saved["state_dict"])
+    discriminator.load_state_dict(saved["discriminator"])
+    return generator.to(device).eval(), discriminator.to(device).eval(), config, saved["class_names"]
 
 
 # --- quality: FID on our own features --------------------------------------------------------

@@ -129,8 +129,8 @@ def main(args) -> None:
                          | set(confusions) | {filters_experiment})
     scores = {name: read_json(args.metrics / f"{name}.json") for name in experiments}
     trained = {name: read_json(args.models / name / "live/metrics.json") for name in experiments}
-    gan = {name: {**read_json(args.gan / name / "score.json"), **read_json(args.gan / name / "live/metrics.json")}
-           for name in gan_builds}
+    gan = {name: {**read_json(args.gan / name / "score.json"), **read_json(args.gan / name / "live/metrics.json"),
+                  **read_json(args.gan / name / "samples.json")} for name in gan_builds}
     checks = sanity(args, builds, sanity_models, device)
 
     with atomic_dir(args.figures) as figures:
