@@ -283,8 +283,9 @@ OPS: dict[str, Callable[..., torch.Tensor]] = {**{n: _affine_op(n) for n in AFFI
 
 def apply_view(images: torch.Tensor, ops: dict[str, dict], generator: torch.Generator) -> torch.Tensor:
     """Apply a view's ops ({name: kwargs}, see params.View.ops) to a uint8 batch: the affine
-    ones composed into a single warp, then the pixel ops in PIXEL order."""
-    unknown = sorted(set(ops) - set(OPS))
+    ones composed into a single warp (filling outside the image as `fill` says: {"mode": one of
+    FILLS}, zeros by default), then the pixel ops in PIXEL order."""
+    unknown = sorted(set(ops) - set(OPS) - {"fill"})
     if unknown:
         raise AuglabError(f"augment op(s) {unknown}: unknown; known: {', '.join(OPS)}")
     n = len(images)
@@ -293,7 +294,7 @@ def apply_view(images: torch.Tensor, ops: dict[str, dict], generator: torch.Gene
         matrix = _identity(n, generator.device)
         for name in affine:
             matrix = compose(matrix, AFFINE[name](n, generator, **ops[name]))
-        images = warp(images, matrix)
+        images = warp(images, matrix, ops.get("fill", {}).get("mode", "zeros"))
     for name in PIXEL:
         if name in ops:
             images = PIXEL[name](images, generator, **ops[name])

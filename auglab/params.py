@@ -79,6 +79,16 @@ class DownloadSection(Section):
 class DatasetSplit(Section):
     mode: Literal["stratified", "tail"]  # stratified: seeded per-class draw; tail: last rows
     val_size: PositiveInt  # images of the official train set held out for validation
+    # name -> [start, stop): rows start..stop-1 of the official train set, in file order, each a
+    # split of its own (a study's contiguous subsets, e.g. S2's X_train[550:1550]); inside train
+    slices: dict[str, Annotated[list[NonNegativeInt], Field(min_length=2, max_length=2)]] = {}
+
+    @model_validator(mode="after")
+    def _ordered_slices(self) -> DatasetSplit:
+        for name, (start, stop) in self.slices.items():
+            if start >= stop:
+                raise ValueError(f"slices.{name}: expected [start, stop] with start < stop, got {[start, stop]}")
+        return self
 
 
 class SplitSection(Section):
@@ -124,14 +134,20 @@ class View(Section):
     noise: NonNegativeFloat | None = None  # std of gaussian noise, pixel values (0..255)
     elastic: Elastic | None = None
     erasing: Erasing | None = None
+    # outside the image after the affine warp: black (zeros, the default) or the nearest edge
+    # pixel (Keras' fill_mode='nearest', what S2's ImageDataGenerator used)
+    fill: Literal["zeros", "nearest"] | None = None
 
     def ops(self) -> dict[str, dict[str, Any]]:
-        """The ops that are set, as keyword arguments of auglab.augment.OPS."""
+        """The ops that are set, as keyword arguments of auglab.augment.OPS (and `fill`, which
+        auglab.augment.apply_view reads as {"mode": ...})."""
         result = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, Section):
                 result[name] = value.model_dump()
+            elif name == "fill" and value is not None:
+                result[name] = {"mode": value}
             elif value is not None:
                 result[name] = {"strength": value}
         return result

@@ -84,8 +84,10 @@ def make_splits(
     subsets: list[int],
     classes: int,
     seed: int,
+    slices: dict[str, list[int]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Row indices into the official train set for train, val and `train_<size>` subsets."""
+    """Row indices into the official train set for train, val, `train_<size>` subsets and the
+    named contiguous `slices` ([start, stop) in file order, which must lie inside train)."""
     if mode == "stratified":
         train, val = stratified(train_labels, val_size, seed)
     elif mode == "tail":
@@ -95,6 +97,14 @@ def make_splits(
     rows = {"train": train, "val": val}
     for size, chosen in nested_subsets(train_labels[train], subsets, classes, seed).items():
         rows[f"train_{size}"] = train[chosen]
+    for name, (start, stop) in (slices or {}).items():
+        if name in rows:
+            raise AuglabError(f"slice {name!r}: expected a name other than {', '.join(rows)}")
+        chosen = np.arange(start, stop)
+        if stop > len(train_labels) or not np.isin(chosen, train).all():
+            raise AuglabError(f"slice {name!r} [{start}, {stop}): expected rows of the train split only "
+                              f"(the official train set has {len(train_labels)} rows, val takes {val_size})")
+        rows[name] = chosen
     return rows
 
 
@@ -107,6 +117,7 @@ def write_splits(
     subsets: list[int],
     seed: int,
     class_names: list[str],
+    slices: dict[str, list[int]] | None = None,
 ) -> dict[str, shards.SplitInfo]:
     """Write train, val, train_<size> and test shards plus manifest.json into `directory`.
 
@@ -115,7 +126,7 @@ def write_splits(
     classes = len(class_names)
     images, labels = arrays["train_images"], arrays["train_labels"]
     height, width = images.shape[1:]
-    rows = make_splits(labels, mode, val_size, subsets, classes, seed)
+    rows = make_splits(labels, mode, val_size, subsets, classes, seed, slices)
     written = {}
     for name, chosen in tqdm(rows.items(), desc=f"{dataset} splits", unit="split", file=sys.stderr, disable=None):
         layout = shards.schema(height=height, width=width, dataset=dataset, split=name, classes=classes)
@@ -127,5 +138,5 @@ def write_splits(
         test_ids = len(labels) + np.arange(len(test_images))
         written["test"] = shards.write_split(directory, layout, test_ids, test_labels, test_images)
     shards.write_manifest(directory, written, dataset=dataset, mode=mode, val_size=val_size, seed=seed,
-                          class_names=class_names)
+                          class_names=class_names, **({"slices": slices} if slices else {}))
     return written

@@ -13,7 +13,7 @@ def main(args) -> None:
     arrays, raw = idx.read_dataset(args.raw)
     with atomic_dir(args.out) as staging:
         written = split.write_splits(
-            staging, args.dataset, arrays, spec.mode, spec.val_size, subsets, seed, raw["class_names"]
+            staging, args.dataset, arrays, spec.mode, spec.val_size, subsets, seed, raw["class_names"], spec.slices
         )
     cli.log(", ".join(f"{name} {info.rows}" for name, info in written.items()))
 

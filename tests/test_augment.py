@@ -134,6 +134,18 @@ def test_view_composes_affine_ops_into_one_warp():
     assert not torch.equal(out, sequential)  # three resamplings blur differently
 
 
+def test_nearest_fill_repeats_the_edge_where_zeros_fill_is_black():
+    images = torch.full((4, 1, 28, 28), 200, dtype=torch.uint8)
+    ops = {"zoom": {"strength": 0.0}, "translation": {"strength": 0.3}}  # shifts of up to 8 pixels
+    black = augment.apply_view(images, ops, augment.generator_for(1, 0))
+    edge = augment.apply_view(images, {**ops, "fill": {"mode": "nearest"}}, augment.generator_for(1, 0))
+    assert (black == 0).any() and bool((edge == 200).all())
+    view = params.View(rotation=45, fill="nearest")
+    assert view.ops() == {"rotation": {"strength": 45.0}, "fill": {"mode": "nearest"}}
+    with pytest.raises(AuglabError, match="augment fill 'mirror': expected one of zeros, nearest"):
+        augment.warp(images, torch.eye(3, dtype=torch.float64).expand(4, 3, 3), "mirror")
+
+
 def test_compose_is_the_matrix_product():
     a, b = torch.randn(5, 3, 3, dtype=torch.float64), torch.randn(5, 3, 3, dtype=torch.float64)
     assert torch.allclose(augment.compose(a, b), a @ b, rtol=0, atol=1e-12)

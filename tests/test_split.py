@@ -111,3 +111,19 @@ def test_write_splits_is_byte_identical_for_a_seed(tmp_path):
     np.testing.assert_array_equal(test.images, arrays["test_images"])
     val = shards.read_split(tmp_path / "a", "val")
     np.testing.assert_array_equal(val.images, arrays["train_images"][val.ids])
+
+
+def test_slices_are_contiguous_rows_of_train_in_file_order():
+    labels = (np.arange(300) % 10).astype(np.uint8)
+    rows = split.make_splits(labels, "tail", 50, [100], 10, 0, {"first_20": [0, 20], "late": [200, 250]})
+    assert rows["first_20"].tolist() == list(range(20)) and rows["late"].tolist() == list(range(200, 250))
+    with pytest.raises(AuglabError, match=r"slice 'deep' \[240, 260\): expected rows of the train split only"):
+        split.make_splits(labels, "tail", 50, [100], 10, 0, {"deep": [240, 260]})  # 250.. is val
+    with pytest.raises(AuglabError, match=r"slice 'train_100': expected a name other than train, val, train_100"):
+        split.make_splits(labels, "tail", 50, [100], 10, 0, {"train_100": [0, 10]})
+
+
+def test_slice_must_have_start_before_stop(tmp_path):
+    from auglab.params import DatasetSplit
+    with pytest.raises(ValueError, match=r"slices.empty: expected \[start, stop\] with start < stop, got \[5, 5\]"):
+        DatasetSplit(mode="tail", val_size=10, slices={"empty": [5, 5]})
