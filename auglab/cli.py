@@ -29,8 +29,9 @@ def run(main: Callable[[argparse.Namespace], None], args: argparse.ArgumentParse
     """Run a stage, turning the failures a user can act on into one line on stderr.
 
     An AuglabError becomes `error: <message>` and exit status 1; so does a full disk or a file over
-    the size limit (ENOSPC, EDQUOT, EFBIG), naming the output being written. Outputs are written
-    atomically (auglab.files), so neither leaves a half-written output or loses the previous one.
+    the size limit (ENOSPC, EDQUOT, EFBIG), naming the output being written. Ctrl-C becomes
+    `interrupted: ...` and status 130, as from a shell. Outputs are written atomically
+    (auglab.files), so none of these leaves a half-written output or loses the previous one.
     """
     namespace = args.parse_args()
     try:
@@ -44,3 +45,8 @@ def run(main: Callable[[argparse.Namespace], None], args: argparse.ArgumentParse
         print(f"error: disk full writing {e.filename or 'an output'} ({errno.errorcode[e.errno]}: "
               f"{os.strerror(e.errno)}), expected room for it; the previous output is kept", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        checkpoint = getattr(namespace, "checkpoint", None)  # the training stages' resumable state
+        kept = f"; checkpoint kept at {checkpoint}" if checkpoint is not None and checkpoint.exists() else ""
+        print(f"interrupted: outputs left as they were{kept}", file=sys.stderr)
+        sys.exit(130)
