@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -218,16 +219,28 @@ def _restore_rng(states: dict, shuffle: torch.Generator, augment_rng: torch.Gene
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+# What torch.load raises for a file cut short or not written by torch.save: RuntimeError (zip
+# without its central directory), OSError EINVAL (zip cut inside a record, the common case),
+# EOFError (empty), UnpicklingError (not a torch file at all).
+UNREADABLE = (RuntimeError, OSError, EOFError, pickle.UnpicklingError)
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message up to its first line break (torch's run on for paragraphs)."""
+    return str(error).split("\n", 1)[0].split(". ", 1)[0]
+
+
 def load_resumable(path: Path, expected: str, log: Callable[[str], None]) -> dict | None:
     """The checkpoint at `path` if it was written for the same params and data, else None."""
     if not path.exists():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a checkpoint we cannot read is not resumed, and says why
-        log(f"not resuming: {path} is unreadable ({type(e).__name__}: {e})")
+    except UNREADABLE as e:  # torn or foreign: not resumed, and the log says why
+        log(f"not resuming: {path} is unreadable, truncated or not a checkpoint "
+            f"({type(e).__name__}: {first_line(e)}); training from scratch")
         return None
-    if state.get("fingerprint") != expected:
+    if not isinstance(state, dict) or state.get("fingerprint") != expected:
         log(f"not resuming: {path} was written for different params or data; training from scratch")
         return None
     return state
