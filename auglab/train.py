@@ -421,9 +421,32 @@ def save_model(path: Path, experiment: Experiment, model: nn.Module, stats: dict
                  "class_names": class_names, "dataset": experiment.dataset}, path)
 
 
+MODEL_KEYS = ("name", "kwargs", "state_dict", "image_size", "mean", "std", "class_names", "dataset")
+
+
 def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
-    """Rebuild a saved model (weights_only: no code runs from the file), in eval mode."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Rebuild a saved model (weights_only: no code runs from the file), in eval mode. A file that
+    is missing, torn, not a save_model file, or whose weights do not fit the architecture it
+    names is an AuglabError naming the file."""
+    expected = "expected a model.pt written by the train stage"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise AuglabError(f"{path}: missing, {expected}") from None
+    except UNREADABLE as e:
+        raise AuglabError(f"{path}: unreadable, truncated or not a torch file ({type(e).__name__}: {first_line(e)}), "
+                          f"{expected}") from None
+    missing = [key for key in MODEL_KEYS if key not in state] if isinstance(state, dict) else list(MODEL_KEYS)
+    if missing:
+        raise AuglabError(f"{path}: no {', '.join(missing)} in it, {expected}")
     model = models.build(state["name"], state["kwargs"])
+    found = {key: tuple(tensor.shape) for key, tensor in state["state_dict"].items()}
+    wanted = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    misfits = [f"{key} {found.get(key, 'none')}, expected {wanted.get(key, 'none')}"
+               for key in dict.fromkeys([*wanted, *found]) if found.get(key) != wanted.get(key)]
+    if misfits:  # weights of another architecture, or of an older version of this one
+        more = f" (and {len(misfits) - 1} more)" if len(misfits) > 1 else ""
+        raise AuglabError(f"{path}: weights do not fit the {state['name']} {state['kwargs']} it names: "
+                          f"{misfits[0]}{more}")
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval(), state
