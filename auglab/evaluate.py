@@ -134,7 +134,8 @@ def check_labels(labels: np.ndarray, classes: int, where: str) -> None:
         raise AuglabError(f"{where}: label {int(labels.max())} out of range for a {classes}-class model")
 
 
-def check_model(path: Path, saved: dict, class_names: list[str], height: int, width: int, where: Path) -> None:
+def check_model(path: Path, saved: dict, class_names: list[str], height: int, width: int,
+                where: Path) -> None:
     """A model is scored only on data like the data it learned: the same classes in the same order,
     and images no larger than its input (smaller ones are padded). Dataset names may differ:
     Kaggle's digits are MNIST's classes."""

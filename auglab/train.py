@@ -434,8 +434,8 @@ def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     except FileNotFoundError:
         raise AuglabError(f"{path}: missing, {expected}") from None
     except UNREADABLE as e:
-        raise AuglabError(f"{path}: unreadable, truncated or not a torch file ({type(e).__name__}: {first_line(e)}), "
-                          f"{expected}") from None
+        raise AuglabError(f"{path}: unreadable, truncated or not a torch file "
+                          f"({type(e).__name__}: {first_line(e)}), {expected}") from None
     missing = [key for key in MODEL_KEYS if key not in state] if isinstance(state, dict) else list(MODEL_KEYS)
     if missing:
         raise AuglabError(f"{path}: no {', '.join(missing)} in it, {expected}")
