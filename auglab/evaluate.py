@@ -133,3 +133,22 @@ def check_labels(labels: np.ndarray, classes: int, where: str) -> None:
     if len(labels) and int(labels.max()) >= classes:
         raise AuglabError(f"{where}: label {int(labels.max())} out of range for a {classes}-class model")
 
+
+def check_model(path: Path, saved: dict, class_names: list[str], height: int, width: int,
+                where: Path) -> None:
+    """A model is scored only on data like the data it learned: the same classes in the same order,
+    and images no larger than its input (smaller ones are padded). Dataset names may differ:
+    Kaggle's digits are MNIST's classes."""
+    found, expected = [], []
+    if len(saved["class_names"]) != len(class_names):
+        found.append(f"{len(saved['class_names'])} classes")
+        expected.append(f"{len(class_names)} classes")
+    elif saved["class_names"] != class_names:
+        found.append(f"classes {saved['class_names']}")
+        expected.append(f"classes {class_names}")
+    if saved["image_size"] < max(height, width):
+        found.append(f"{saved['image_size']}x{saved['image_size']} input")
+        expected.append(f"an input of at least {height}x{width}")
+    if found:
+        raise AuglabError(f"{path}: a {saved['dataset']} model with {', '.join(found)}, "
+                          f"expected {', '.join(expected)} as in {where}")

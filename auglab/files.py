@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # disk full, quota, file-size limit
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -31,6 +34,18 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.tmp")
 
 
+def _name_output(error: BaseException, temp: Path, final: Path) -> None:
+    """Point a no-room OSError at the output being written (`final`, or the file inside it), not
+    at a temp name that is gone by the time anyone reads the message; a write() error has no
+    file name at all."""
+    if not isinstance(error, OSError) or error.errno not in NO_ROOM:
+        return
+    if error.filename is None or Path(error.filename) == temp:
+        error.filename = str(final)
+    elif Path(error.filename).is_relative_to(temp):
+        error.filename = str(final / Path(error.filename).relative_to(temp))
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write `data` to a temp file beside `path`, fsync it, then rename it into place."""
     path = Path(path)
@@ -41,8 +56,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        _name_output(e, tmp, path)
         raise
 
 
@@ -66,8 +82,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _name_output(e, tmp, final)
         raise
     old = final.with_name(f".{final.name}.old")
     if final.exists():
@@ -81,5 +98,10 @@ def save_figure(figure, path: Path, dpi: int) -> None:
     """A matplotlib figure as PNG, written atomically and without matplotlib's version stamp, so
     the same figure gives the same bytes (DVC outputs stay byte-identical across runs)."""
     temp = temp_path(path)
-    figure.savefig(temp, format="png", dpi=dpi, metadata={"Software": None})
-    temp.replace(path)
+    try:
+        figure.savefig(temp, format="png", dpi=dpi, metadata={"Software": None})
+        temp.replace(path)
+    except BaseException as e:
+        Path(temp).unlink(missing_ok=True)
+        _name_output(e, temp, path)
+        raise

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -218,16 +219,28 @@ def _restore_rng(states: dict, shuffle: torch.Generator, augment_rng: torch.Gene
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+# What torch.load raises for a file cut short or not written by torch.save: RuntimeError (zip
+# without its central directory), OSError EINVAL (zip cut inside a record, the common case),
+# EOFError (empty), UnpicklingError (not a torch file at all).
+UNREADABLE = (RuntimeError, OSError, EOFError, pickle.UnpicklingError)
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message up to its first line break (torch's run on for paragraphs)."""
+    return str(error).split("\n", 1)[0].split(". ", 1)[0]
+
+
 def load_resumable(path: Path, expected: str, log: Callable[[str], None]) -> dict | None:
     """The checkpoint at `path` if it was written for the same params and data, else None."""
     if not path.exists():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a checkpoint we cannot read is not resumed, and says why
-        log(f"not resuming: {path} is unreadable ({type(e).__name__}: {e})")
+    except UNREADABLE as e:  # torn or foreign: not resumed, and the log says why
+        log(f"not resuming: {path} is unreadable, truncated or not a checkpoint "
+            f"({type(e).__name__}: {first_line(e)}); training from scratch")
         return None
-    if state.get("fingerprint") != expected:
+    if not isinstance(state, dict) or state.get("fingerprint") != expected:
         log(f"not resuming: {path} was written for different params or data; training from scratch")
         return None
     return state
@@ -408,9 +421,32 @@ def save_model(path: Path, experiment: Experiment, model: nn.Module, stats: dict
                  "class_names": class_names, "dataset": experiment.dataset}, path)
 
 
+MODEL_KEYS = ("name", "kwargs", "state_dict", "image_size", "mean", "std", "class_names", "dataset")
+
+
 def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
-    """Rebuild a saved model (weights_only: no code runs from the file), in eval mode."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """Rebuild a saved model (weights_only: no code runs from the file), in eval mode. A file that
+    is missing, torn, not a save_model file, or whose weights do not fit the architecture it
+    names is an AuglabError naming the file."""
+    expected = "expected a model.pt written by the train stage"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise AuglabError(f"{path}: missing, {expected}") from None
+    except UNREADABLE as e:
+        raise AuglabError(f"{path}: unreadable, truncated or not a torch file "
+                          f"({type(e).__name__}: {first_line(e)}), {expected}") from None
+    missing = [key for key in MODEL_KEYS if key not in state] if isinstance(state, dict) else list(MODEL_KEYS)
+    if missing:
+        raise AuglabError(f"{path}: no {', '.join(missing)} in it, {expected}")
     model = models.build(state["name"], state["kwargs"])
+    found = {key: tuple(tensor.shape) for key, tensor in state["state_dict"].items()}
+    wanted = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    misfits = [f"{key} {found.get(key, 'none')}, expected {wanted.get(key, 'none')}"
+               for key in dict.fromkeys([*wanted, *found]) if found.get(key) != wanted.get(key)]
+    if misfits:  # weights of another architecture, or of an older version of this one
+        more = f" (and {len(misfits) - 1} more)" if len(misfits) > 1 else ""
+        raise AuglabError(f"{path}: weights do not fit the {state['name']} {state['kwargs']} it names: "
+                          f"{misfits[0]}{more}")
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval(), state

@@ -17,6 +17,8 @@ def main(args) -> None:
     model, saved = train.load_model(args.model, device)
     class_names = saved["class_names"]
     test = shards.read_split(args.splits, "test")
+    data_classes = shards.read_manifest(args.splits)["class_names"]
+    evaluate.check_model(args.model, saved, data_classes, *test.images.shape[1:], args.splits)
     scored = test if test.labels is not None else shards.read_split(args.splits, "val")
     evaluate.check_labels(scored.labels, len(class_names), f"{args.splits}/{scored.metadata['split']}")
     found = evaluate.predict(model, scored.images, scored.labels, saved["mean"], saved["std"])
