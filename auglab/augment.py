@@ -46,6 +46,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from auglab import AuglabError, shards
+from auglab.files import save_figure
 
 BATCH = 1024  # images per recipe batch: amortizes dispatch (4096 ran 1.6x slower here)
 WARP_CHUNK = 128  # images per resampling pass: its float64 positions (1.6 MB) stay in cache
@@ -414,4 +415,4 @@ def sample_grid(path: Path, source: shards.Split, samples: Samples, title: str,
         axes[r, 0].set_title(f"{name} (original)" if r == 0 else name, fontsize=6, loc="left")
     figure.suptitle(title, fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=110, metadata={"Software": None})  # stable bytes: no version
+    save_figure(figure, path, dpi=110)

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from auglab import augment, cli, params, shards
-from auglab.files import atomic_dir, temp_path
+from auglab.files import atomic_dir
 
 
 def main(args) -> None:
@@ -21,10 +21,8 @@ def main(args) -> None:
         shards.write_manifest(staging, {args.recipe: info}, dataset=source.metadata["dataset"],
                               recipe=args.recipe, source=recipe.source, class_names=class_names,
                               views={name: view.ops() for name, view in recipe.views.items()})
-        grid = temp_path(args.grid)
-        title = f"{source.metadata['dataset']} / {args.recipe}: original, then augmented views"
-        augment.sample_grid(grid, source, samples, title, class_names)
-    grid.replace(args.grid)
+    title = f"{source.metadata['dataset']} / {args.recipe}: original, then augmented views"
+    augment.sample_grid(args.grid, source, samples, title, class_names)  # atomic: no stray temp file
     cli.log(f"{args.recipe}: {info.rows} rows, per class {info.class_counts}")
 
 
