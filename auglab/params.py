@@ -440,6 +440,7 @@ class EnsembleConfig(Section):
 class StudyRow(Section):
     experiment: str  # a key of train.experiments or train.finetune
     reported: float | None  # the study's own test accuracy for this row; null if it reports none
+    why: str | None = None  # one line the report shows when the row is below the study's number
 
 
 class Study(Section):

@@ -6,6 +6,7 @@ and paths and returns Markdown or writes PNGs; stages/report.py gathers the inpu
 from __future__ import annotations
 
 import csv
+import math
 import platform
 from pathlib import Path
 
@@ -32,17 +33,32 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def verdict(ours: float, reported: float | None, images: int) -> str:
+    """*reproduced* when our test accuracy lies inside the 95 % binomial interval of the study's
+    number on a test set of `images` (normal approximation), else *better* or *below*."""
+    if reported is None:
+        return "-"
+    half_width = 1.96 * math.sqrt(reported * (1 - reported) / images)
+    if abs(ours - reported) <= half_width:
+        return "reproduced"
+    return "better" if ours > reported else "below"
+
+
 def study_table(study: Study, scores: dict[str, dict], train: dict[str, dict]) -> str:
-    """Rows: label, experiment, our test metrics, the study's number and our difference to it."""
+    """Rows: label, experiment, our test metrics, the study's number, our difference to it and
+    the verdict (with the row's reason when it is below)."""
     rows = []
     for label, row in study.rows.items():
         ours = scores[row.experiment]
         gap = "" if row.reported is None else f"{ours['accuracy'] - row.reported:+.4f}"
+        judged = verdict(ours["accuracy"], row.reported, ours["images"])
+        if judged == "below" and row.why:
+            judged = f"below: {row.why}"
         rows.append([label, f"`{row.experiment}`", *(number(ours[key]) for key in FULL_COLUMNS),
                      f"{train[row.experiment].get('train_seconds', 0):.0f}",
-                     f"{row.reported:g}" if row.reported is not None else "not reported", gap or "-"])
+                     f"{row.reported:g}" if row.reported is not None else "not reported", gap or "-", judged])
     return table(["row", "experiment", "test acc", "test loss", "precision", "recall", "F1", "train s",
-                  "study", "ours - study"], rows)
+                  "study", "ours - study", "verdict"], rows)
 
 
 def save(figure: Figure, path: Path) -> None:

@@ -107,7 +107,8 @@ def toy_project(tmp_path_factory):
     write_idx_folder(root / "incoming", synthetic_arrays(per_class=30), gz=True)
     config = YAML_SAFE.load((ROOT / "params.yaml").read_text())
     config["download"]["datasets"] = {"toy": {"sources": {"incoming": {"folder": str(root / "incoming")}}}}
-    config["split"]["datasets"] = {"toy": {"mode": "stratified", "val_size": 40}}
+    config["split"]["datasets"] = {"toy": {"mode": "tail", "val_size": 40,  # slices for S2's code and prose
+                                           "slices": {"s2_first_100": [0, 20], "s2_first_1000": [0, 100]}}}
     config["split"]["subsets"] = [10, 20]
     recipes = config["augment"]["recipes"]
     recipes["s2_expand"]["source"] = "train_10"

@@ -1,0 +1,29 @@
+"""The report's study tables: every row with a verdict against the study's own number."""
+
+from __future__ import annotations
+
+import pytest
+
+from auglab import report
+from auglab.params import Study
+
+
+@pytest.mark.parametrize("ours, verdict", [(0.9499, "reproduced"), (0.9460, "reproduced"), (0.9545, "better"),
+                                           (0.9450, "below")])
+def test_verdict_uses_the_95_percent_interval_of_the_study_on_its_test_set(ours, verdict):
+    # 0.9499 on 10,000 test images: +-1.96 * sqrt(0.9499 * 0.0501 / 10000) = +-0.00427
+    assert report.verdict(ours, 0.9499, 10_000) == verdict
+    assert report.verdict(ours, None, 10_000) == "-"
+
+
+def test_study_table_shows_the_verdict_and_the_reason_of_a_row_below():
+    study = Study(title="t", source="s", curves=False, rows={
+        "kept": {"experiment": "a", "reported": 0.90},
+        "short": {"experiment": "b", "reported": 0.95, "why": "5 epochs where the study ran 50"},
+        "ours": {"experiment": "c", "reported": None}})
+    metrics = {"accuracy": 0.9, "loss": 0.3, "precision": 0.9, "recall": 0.9, "f1": 0.9, "images": 10_000}
+    text = report.study_table(study, {name: metrics for name in "abc"}, {name: {"train_seconds": 1.0} for name in "abc"})
+    lines = text.splitlines()
+    assert lines[0].endswith("| verdict |")
+    assert lines[2].endswith("| reproduced |") and lines[3].endswith("| below: 5 epochs where the study ran 50 |")
+    assert lines[4].endswith("| not reported | - | - |")
