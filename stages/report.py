@@ -43,14 +43,15 @@ def sweeps_section(args, figures: Path) -> tuple[list[str], dict]:
     epochs = f"{base['epochs']} epochs" if "epochs" in base else "the default epochs"
     best = report.best_cell(grid)
     report.grid_heatmap(figures / "sweep_grid.png", grid, activations, optimizers,
-                        "S1 grid: test accuracy per activation x optimizer (best outlined)")
+                        "S1 grid: test accuracy per activation x optimizer (best on val outlined)")
     report.batch_plot(figures / "sweep_batch.png", batch, "S1 batch size: seconds per epoch and val accuracy")
     shutil.copy(args.tune / "history.png", figures / "tune_history.png")
     grid_seconds = sum(c["train_seconds"] for c in grid.values())
     lines = [
         "## S1 sweeps: activation x optimizer", "",
-        f"Each cell: {setting}, {epochs}. Cells read `test accuracy / val loss`; the best pair is in bold",
-        f"({best[0]} + {best[1]}, {grid[best]['test_accuracy']:.4f}). S1 shows this table for its own runs without",
+        f"Each cell: {setting}, {epochs}. Cells read `test accuracy / val loss`; the pair with the best val accuracy",
+        f"is in bold ({best[0]} + {best[1]}: val {grid[best]['val_accuracy']:.4f}, test {grid[best]['test_accuracy']:.4f}).",
+        "S1 shows this table for its own runs without",
         "a headline number; its best models (S1 table above: 0.9205 final, 0.9165 fan-out) are the reference,",
         "reached with all 48,000 images and more epochs. Learning rate per optimizer: "
         + ", ".join(f"{o} {sweeps.grid.lr[o]:g}" for o in optimizers) + f". Training time of the grid: {grid_seconds:.0f} s.",
