@@ -18,17 +18,20 @@ moved 26 of 7.84 million pixels by one level between paths. So every number that
 pixel is computed in one of two ways whose result cannot depend on the kernel:
 - float64 elementwise arithmetic in a fixed order: +, -, *, /, sqrt and rounding are exact IEEE
   operations, correctly rounded whatever the vector width, and each is its own kernel (no fused
-  multiply-add); the float64 draws (rand, randn) and transcendentals (cos, sin, exp) come from
-  torch's scalar code on every path (tests/test_host_stable.py checks this under
-  ATEN_CPU_CAPABILITY=default). Sums are written out term by term (`compose`, `_blur`), never
-  left to a reduction, convolution or BLAS call whose order the kernel chooses.
-- exact arithmetic for the resampling itself: each sampling position is rounded once, in
-  float64, to 1/256 pixel (`FRACTION_BITS`); from there on bilinear interpolation on a
-  power-of-two canvas involves only dyadic numbers that fit float32, so nothing rounds (see
-  `sample_at`) and grid_sample gives the same bytes on every path, CUDA included.
-A float64 position can only round differently if a host's transcendental differed in its last
-bit (none did here) and the position fell within that ulp of a 1/512-pixel boundary: about
-2^-43 per position. bench/augment_speed.py measures what this costs against torchvision.
+  multiply-add); the float64 draws (rand, randn) and transcendentals (cos, sin, exp) gave the
+  same bits on every kernel path, where float32 randn and exp did not (tests/test_host_stable.py
+  runs the stages under ATEN_CPU_CAPABILITY=avx2 and =default). Sums are written out term by
+  term (`compose`, `_blur`), never left to a reduction, convolution or BLAS call whose order the
+  kernel chooses.
+- exact arithmetic for the resampling itself: a sampling position is a sum of two float64
+  terms (a column and a row term of the affine map, or a pixel and its elastic displacement),
+  each rounded once to 1/4096 pixel (`TERM_BITS`); the sum, its rounding to 1/256 pixel
+  (`FRACTION_BITS`) and bilinear interpolation on a power-of-two canvas then involve only dyadic
+  numbers that fit float32, so nothing rounds (see `sample_at`) and grid_sample gives the same
+  bytes on every path, CUDA included.
+A term can only round differently if a host's transcendental differed in its last bit (none did
+here) and the term fell within that ulp of a 1/8192-pixel boundary: about 2^-36 per term.
+bench/augment_speed.py measures what this costs against torchvision.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from auglab import AuglabError, shards
 from auglab.files import save_figure
 
 BATCH = 1024  # images per recipe batch: amortizes dispatch (4096 ran 1.6x slower here)
-WARP_CHUNK = 128  # images per resampling pass: its float64 positions (1.6 MB) stay in cache
+WARP_CHUNK = 128  # images per resampling pass: its canvas and grid (1.3 MB) stay in cache
 FRACTION_BITS = 8  # a sampling position is rounded to 1 / 2**FRACTION_BITS of a pixel (a step)
 TERM_BITS = 12  # the terms that sum to a position are rounded to 1 / 2**TERM_BITS of a pixel first
 FILLS = ("zeros", "nearest")  # outside the image: black, or the nearest edge pixel (Keras' default)
