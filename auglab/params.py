@@ -207,6 +207,9 @@ class Experiment(Section):
     channels_last: bool  # NHWC memory layout for convolutions
     init: str | None  # transfer learning: the experiment whose model initializes this one
     freeze: bool  # with init: train only the tensors that were not transferred
+    # processes (one per GPU) torchrun runs train@<name> in; batch_size stays the global batch. A
+    # default, not a train.defaults key, so existing entries and their dvc.lock params are unchanged
+    nproc: PositiveInt = 1
 
 
 INTERPOLATED = ("dataset", "shards", "model")  # dvc.yaml reads these from each entry itself
