@@ -1,9 +1,15 @@
 """Stage tune: an Optuna study (seeded TPE or random sampler, median pruner on val accuracy per
 epoch) over the keys tune.space names of one train experiment, each trial on tune.budget (a
 subset, fewer epochs). The experiment's own values run first as the baseline. Writes the trial
-history (CSV and plot) and the best values with the `dvc exp run -S` line that promotes them."""
+history (CSV and plot) and the best values with the `dvc exp run -S` line that promotes them.
+
+The study lives on tune.storage (default: the journal file --study, a declared output). Other
+processes, on this machine or others sharing the storage, join it with the same command and
+`--worker`: they run trials and write nothing else. The stage writes its outputs from the study
+once every trial, whoever ran it, is done, and keeps a journal copy of a study held elsewhere."""
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -27,22 +33,38 @@ def main(args) -> None:
         torch.set_flush_denormal(True)
     train_data, val_data = tune.device_data(experiment, args.shards, args.splits, device)
     stats = json.loads(args.stats.read_text())
+    # a worker's trials get their own scratch file: workers may share this machine
+    checkpoint = args.checkpoint.with_suffix(f".{os.getpid()}.pt") if args.worker else args.checkpoint
 
     def fit(values: dict, report=lambda epoch, value: None) -> float:
         run = params.experiment(defaults, tune.with_keys(entry, values), f"{where} and {values}")
-        args.checkpoint.unlink(missing_ok=True)  # trials never resume one another
+        checkpoint.unlink(missing_ok=True)  # trials never resume one another
         try:
-            result = train.train(run, train_data, val_data, stats, args.checkpoint,
+            result = train.train(run, train_data, val_data, stats, checkpoint,
                                  on_epoch=lambda row: report(row["epoch"], row["val_acc"]), log=lambda line: None)
         finally:
-            args.checkpoint.unlink(missing_ok=True)
+            checkpoint.unlink(missing_ok=True)
         return result.history[-1]["val_acc"]
 
-    cli.log(f"tune: {config.trials} {config.sampler} trials on {config.experiment} "
+    storage = tune.storage(config.storage or args.study)
+    name = tune.study_name(config, defaults, entry)
+    study = tune.make_study(config, name, storage)
+    cli.log(f"tune{' worker' if args.worker else ''}: study {name} on {config.storage or args.study}, "
+            f"{config.trials} {config.sampler} trials on {config.experiment} "
             f"({len(train_data):,} images, {experiment.epochs} epochs each), seed {config.seed}")
-    baseline = fit({})
+    if args.worker:
+        tune.search(config, fit, log=cli.log, study=study)
+        ran = sum(t.user_attrs.get("worker") == tune.worker_id() for t in study.get_trials(deepcopy=False))
+        cli.log(f"tune worker: {ran} trial(s) run here; the stage writes the results")
+        return
+    if "baseline" not in study.user_attrs:  # a resumed study keeps the baseline it measured
+        study.set_user_attr("baseline", fit({}))
+    baseline = study.user_attrs["baseline"]
     cli.log(f"tune: the experiment's own values reach val acc {baseline:.4f}")
-    study = tune.search(config, fit, log=cli.log)
+    tune.search(config, fit, log=cli.log, study=study)
+    tune.wait_for_trials(study, config.trials, cli.log)
+    if config.storage is not None and Path(config.storage).resolve() != args.study.resolve():
+        tune.snapshot(name, storage, args.study)
     number, value, values = tune.best(study, config.space)
     rows = tune.trial_rows(study, config.space)
     states = [r["state"] for r in rows]
@@ -71,4 +93,8 @@ if __name__ == "__main__":
     parser.add_argument("--trials", type=Path, required=True, help="trial history CSV to write")
     parser.add_argument("--history", type=Path, required=True, help="trial history plot (PNG) to write")
     parser.add_argument("--best", type=Path, required=True, help="best values JSON (metrics) to write")
+    parser.add_argument("--study", type=Path, required=True,
+                        help="Optuna journal of the study: the storage itself unless tune.storage is set, else its copy")
+    parser.add_argument("--worker", action="store_true",
+                        help="join the study and run trials only; the stage run writes the outputs")
     cli.run(main, parser)
