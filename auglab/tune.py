@@ -131,11 +131,15 @@ def storage(where: str | Path) -> optuna.storages.BaseStorage:
     postgresql://..., mysql+pymysql://...: machines that reach the server share it); anything
     else is a journal file (processes that share its filesystem share it)."""
     if "://" in str(where):
-        try:
-            return RDBStorage(str(where))
-        except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, refused connections
-            raise AuglabError(f"tune.storage {str(where)!r}: cannot open ({type(e).__name__}: {e}); expected a "
-                              "journal file path or a database URL Optuna can open") from None
+        for attempt in (1, 2):
+            try:
+                return RDBStorage(str(where))
+            except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, refused connections
+                if attempt == 2:
+                    raise AuglabError(f"tune.storage {str(where)!r}: cannot open ({type(e).__name__}: "
+                                      f"{str(e).splitlines()[0]}); expected a journal file path or a database "
+                                      "URL Optuna can open") from None
+                time.sleep(1.0)  # a worker starting at the same moment may be creating the tables
     path = Path(where)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))

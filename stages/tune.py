@@ -3,10 +3,11 @@ epoch) over the keys tune.space names of one train experiment, each trial on tun
 subset, fewer epochs). The experiment's own values run first as the baseline. Writes the trial
 history (CSV and plot) and the best values with the `dvc exp run -S` line that promotes them.
 
-The study lives on tune.storage (default: the journal file --study, a declared output). Other
+The study lives on tune.storage (default: a scratch journal beside --checkpoint, removed when the
+stage finishes, so a killed stage resumes its study and a finished one starts afresh). Other
 processes, on this machine or others sharing the storage, join it with the same command and
 `--worker`: they run trials and write nothing else. The stage writes its outputs from the study
-once every trial, whoever ran it, is done, and keeps a journal copy of a study held elsewhere."""
+once every trial, whoever ran it, is done, with a copy of the study as the journal --study."""
 
 import json
 import os
@@ -46,10 +47,11 @@ def main(args) -> None:
             checkpoint.unlink(missing_ok=True)
         return result.history[-1]["val_acc"]
 
-    storage = tune.storage(config.storage or args.study)
+    location = config.storage or str(args.checkpoint.with_suffix(".journal"))
+    storage = tune.storage(location)
     name = tune.study_name(config, defaults, entry)
     study = tune.make_study(config, name, storage)
-    cli.log(f"tune{' worker' if args.worker else ''}: study {name} on {config.storage or args.study}, "
+    cli.log(f"tune{' worker' if args.worker else ''}: study {name} on {location}, "
             f"{config.trials} {config.sampler} trials on {config.experiment} "
             f"({len(train_data):,} images, {experiment.epochs} epochs each), seed {config.seed}")
     if args.worker:
@@ -63,8 +65,6 @@ def main(args) -> None:
     cli.log(f"tune: the experiment's own values reach val acc {baseline:.4f}")
     tune.search(config, fit, log=cli.log, study=study)
     tune.wait_for_trials(study, config.trials, cli.log)
-    if config.storage is not None and Path(config.storage).resolve() != args.study.resolve():
-        tune.snapshot(name, storage, args.study)
     number, value, values = tune.best(study, config.space)
     rows = tune.trial_rows(study, config.space)
     states = [r["state"] for r in rows]
@@ -80,6 +80,9 @@ def main(args) -> None:
         "beats_baseline": value > baseline, "best": values,
         "promote": tune.promote_command(config.experiment, values),
     })
+    tune.snapshot(name, storage, args.study)
+    if config.storage is None:  # finished: the next run starts a fresh study
+        Path(location).unlink()
     cli.log(f"tune: best val acc {value:.4f} (trial {number}) vs {baseline:.4f} for the experiment's values; "
             f"{states.count('pruned')} of {len(rows)} trials pruned")
 
@@ -94,7 +97,7 @@ if __name__ == "__main__":
     parser.add_argument("--history", type=Path, required=True, help="trial history plot (PNG) to write")
     parser.add_argument("--best", type=Path, required=True, help="best values JSON (metrics) to write")
     parser.add_argument("--study", type=Path, required=True,
-                        help="Optuna journal of the study: the storage itself unless tune.storage is set, else its copy")
+                        help="Optuna journal file to write: a copy of the study")
     parser.add_argument("--worker", action="store_true",
                         help="join the study and run trials only; the stage run writes the outputs")
     cli.run(main, parser)

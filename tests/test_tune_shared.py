@@ -23,9 +23,12 @@ from conftest import ROOT
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
-def test_two_workers_on_one_journal_share_the_trials(tmp_path):
-    """Two workers in threads, each with its own storage object on one journal file (as processes
-    would be); each one's first trial waits for the other's, so both are sure to run trials."""
+@pytest.mark.parametrize("kind", ["journal", "database"])
+def test_two_workers_on_one_storage_share_the_trials(tmp_path, kind):
+    """Two workers in threads, each with its own storage object on one journal file or one SQLite
+    database (standing in for PostgreSQL/MySQL), as processes would be; each one's first trial
+    waits for the other's, so both are sure to run trials."""
+    where = str(tmp_path / "study.journal") if kind == "journal" else f"sqlite:///{tmp_path}/study.db"
     budget = config(trials=10, startup_trials=3)
     met = threading.Barrier(2, timeout=120)
     ran: dict[str, int] = {}
@@ -38,7 +41,7 @@ def test_two_workers_on_one_journal_share_the_trials(tmp_path):
         return quadratic(values, report)
 
     def work():
-        study = tune.make_study(budget, "shared", tune.storage(tmp_path / "study.journal"))
+        study = tune.make_study(budget, "shared", tune.storage(where))
         tune.search(budget, objective, log=lambda line: None, study=study)
 
     workers = [threading.Thread(target=work, name=name) for name in ("a", "b")]
@@ -47,7 +50,7 @@ def test_two_workers_on_one_journal_share_the_trials(tmp_path):
     for worker in workers:
         worker.join()
     assert ran["a"] >= 1 and ran["b"] >= 1 and ran["a"] + ran["b"] == 10  # shared, not run twice
-    study = optuna.load_study(study_name="shared", storage=tune.storage(tmp_path / "study.journal"))
+    study = optuna.load_study(study_name="shared", storage=tune.storage(where))
     rows = tune.trial_rows(study, budget.space)
     assert [row["trial"] for row in rows] == list(range(10))
     assert {row["state"] for row in rows} <= {"complete", "pruned"}
@@ -96,9 +99,10 @@ def test_stage_and_a_worker_share_one_study_and_the_stage_writes_once(tmp_path):
     worker_log = joined + worker.stderr.read()
     assert worker.wait(timeout=600) == 0 and leader.returncode == 0, worker_log + leader.stderr
     name = joined.split()[3].rstrip(",")
-    assert f"tune: study {name} on artifacts/tune/study.journal" in leader.stderr  # the same study
+    assert f"tune: study {name} on artifacts/checkpoints/tune_trial.journal" in leader.stderr  # the same study
 
-    study = optuna.load_study(study_name=name, storage=tune.storage(root / "artifacts/tune/study.journal"))
+    assert not (root / "artifacts/checkpoints/tune_trial.journal").exists()  # scratch: removed when done
+    study = optuna.load_study(study_name=name, storage=tune.storage(root / "artifacts/tune/study.journal"))  # the copy
     trials = [t for t in study.trials if not t.user_attrs.get("over_budget")]
     assert sorted(t.number for t in trials) == list(range(6))  # no trial number twice, total = the budget
     by = {t.user_attrs["worker"] for t in trials}
