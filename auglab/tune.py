@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import datetime
 import hashlib
 import io
 import json
@@ -207,12 +208,48 @@ def search(config: TuneSection, objective: Objective, log: Callable[[str], None]
     return study
 
 
+UNCLAIMED_SECONDS = 30.0  # a trial's process names itself milliseconds after opening it
+
+
+def fail_abandoned(study: optuna.Study, log: Callable[[str], None], unclaimed: float = UNCLAIMED_SECONDS) -> None:
+    """Mark failed the running trials nothing will end: those of processes of this machine that are
+    gone (a killed stage or worker), and those no process named itself on within `unclaimed`
+    seconds (killed between opening the trial and naming itself). Other machines' cannot be checked."""
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        where, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+        started = trial.datetime_start  # UTC-aware from a journal, naive local time from a database
+        if where == host and pid.isdigit() and not _alive(int(pid)):
+            gone = f"process {pid}, which is gone"
+        elif not pid and (datetime.datetime.now(started.tzinfo) - started).total_seconds() > unclaimed:
+            gone = f"a process that never named itself ({unclaimed:.0f} s)"
+        else:
+            continue
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        log(f"tune: trial {trial.number} was left running by {gone}: marked failed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
 def wait_for_trials(study: optuna.Study, budget: int, log: Callable[[str], None], poll: float = 2.0) -> None:
-    """Return once no trial below `budget` is running (other workers finish theirs). A worker that
-    was killed leaves its trial running: `study.tell(<number>, state=TrialState.FAIL)` ends the wait."""
+    """Return once no trial below `budget` is running (other workers finish theirs; those of gone
+    processes of this machine are marked failed). A worker killed on another machine leaves its
+    trial running: `study.tell(<number>, state=TrialState.FAIL)` ends the wait."""
     told: set[int] = set()
-    while running := {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                      if t.number < budget}:
+    while True:
+        fail_abandoned(study, log)
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if t.number < budget}
+        if not running:
+            return
         if running != told:
             log(f"tune: waiting for trial(s) {sorted(running)} of other workers")
             told = running

@@ -59,6 +59,7 @@ def main(args) -> None:
         ran = sum(t.user_attrs.get("worker") == tune.worker_id() for t in study.get_trials(deepcopy=False))
         cli.log(f"tune worker: {ran} trial(s) run here; the stage writes the results")
         return
+    tune.fail_abandoned(study, cli.log)  # trials a killed run of this stage left running
     if "baseline" not in study.user_attrs:  # a resumed study keeps the baseline it measured
         study.set_user_attr("baseline", fit({}))
     baseline = study.user_attrs["baseline"]

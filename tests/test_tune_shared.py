@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -57,6 +58,23 @@ def test_two_workers_on_one_storage_share_the_trials(tmp_path, kind):
     assert tune.best(study, budget.space)[1] == max(row["value"] for row in rows if row["state"] == "complete")
 
 
+def test_trials_left_running_by_gone_processes_are_failed(tmp_path):
+    study = tune.make_study(config(), "s", tune.storage(tmp_path / "study.journal"))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    dead, alive, elsewhere, unclaimed = (study.ask() for _ in range(4))
+    dead.set_user_attr("worker", f"{host}:{int(gone.stdout)}")  # exited and reaped: no such process
+    alive.set_user_attr("worker", f"{host}:{os.getpid()}")
+    elsewhere.set_user_attr("worker", f"{host}-other-machine:{int(gone.stdout)}")  # cannot be checked
+    said = []
+    tune.fail_abandoned(study, said.append)  # the unclaimed trial is younger than 30 s
+    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING", "RUNNING", "RUNNING"]
+    assert said == [f"tune: trial 0 was left running by process {int(gone.stdout)}, which is gone: marked failed"]
+    tune.fail_abandoned(study, said.append, unclaimed=0.0)
+    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING", "RUNNING", "FAIL"]
+    assert said[-1] == "tune: trial 3 was left running by a process that never named itself (0 s): marked failed"
+
+
 def test_study_name_follows_the_params_and_not_the_storage():
     name = tune.study_name(config(), {"epochs": 3}, {"model": "cnn"})
     assert name == tune.study_name(config(storage="/shared/study.journal"), {"epochs": 3}, {"model": "cnn"})
@@ -78,8 +96,8 @@ def stage(root: Path, outputs: str, *extra: str) -> list[str]:
             "--study", "artifacts/tune/study.journal", *extra]
 
 
-@pytest.mark.slow
-def test_stage_and_a_worker_share_one_study_and_the_stage_writes_once(tmp_path):
+def tune_project(tmp_path: Path) -> Path:
+    """The toy project with a 6-trial search over a small MLP's lr and batch size."""
     root = toy.project(tmp_path)
     data = params.read_yaml(root / "params.yaml")
     data["train"]["experiments"]["toy_mlp"] = {
@@ -90,6 +108,12 @@ def test_stage_and_a_worker_share_one_study_and_the_stage_writes_once(tmp_path):
                         space={"lr": {"key": "optimizer.lr", "low": 0.0001, "high": 0.01, "log": True},
                                "batch_size": {"key": "batch_size", "choices": [16, 32]}})
     toy.write_params(root, data)
+    return root
+
+
+@pytest.mark.slow
+def test_stage_and_a_worker_share_one_study_and_the_stage_writes_once(tmp_path):
+    root = tune_project(tmp_path)
     worker = subprocess.Popen(stage(root, "worker_outputs", "--worker"), cwd=root, env=ENV, text=True,
                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     joined = worker.stderr.readline()  # the worker has opened the study and starts its trials
@@ -119,3 +143,27 @@ def test_stage_and_a_worker_share_one_study_and_the_stage_writes_once(tmp_path):
     top = max(complete, key=lambda t: t.value)
     assert best["trials"] == 6 and best["best_trial"] == top.number and best["best_val_accuracy"] == top.value
     assert best["baseline_val_accuracy"] == study.user_attrs["baseline"]
+
+
+@pytest.mark.slow
+def test_killed_stage_resumes_its_study(tmp_path):
+    root = tune_project(tmp_path)
+    first = subprocess.Popen(stage(root, "artifacts/tune"), cwd=root, env=ENV, text=True,
+                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    lines = []
+    while not (lines and lines[-1].startswith("trial 1:")):
+        lines.append(first.stderr.readline())
+        assert lines[-1], "".join(lines)  # the stage ended before trial 1
+    first.kill()  # SIGKILL, mid-way through the search
+    first.wait()
+    again = subprocess.run(stage(root, "artifacts/tune"), cwd=root, env=ENV, text=True, capture_output=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "trial 0:" not in again.stderr and "trial 1:" not in again.stderr  # not run again
+    abandoned = "tune: trial 2 was left running by "  # its process is gone, or never named itself
+    with open(root / "artifacts/tune/trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["trial"]) for row in rows] == list(range(6))
+    trial_0 = next(line for line in lines if line.startswith("trial 0:"))
+    assert float(rows[0]["value"]) == float(trial_0.split("val acc ")[1].split()[0])  # the first run's
+    assert (rows[2]["state"] == "fail") == (abandoned in again.stderr)  # trial 2, if the kill cut it short
