@@ -411,8 +411,8 @@ class TuneSection(Section):
     startup_trials: NonNegativeInt  # random trials before TPE models, and completed trials before pruning
     warmup_epochs: NonNegativeInt  # epochs every trial runs before the median pruner may stop it
     # Optuna storage that workers (`stages/tune.py --worker`) share: a journal file path on a shared
-    # filesystem, or a database URL (postgresql://, mysql+pymysql://, sqlite:///). null: the stage's
-    # own journal (artifacts/tune/study.journal). A default, so the tune entry in dvc.lock is unchanged
+    # filesystem, or a database URL (postgresql://, mysql+pymysql://, sqlite:///). null: a scratch
+    # journal beside the stage's trial checkpoint. A default, so the tune entry in dvc.lock is unchanged
     storage: str | None = None
 
 
