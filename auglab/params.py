@@ -223,6 +223,9 @@ class Experiment(Section):
     channels_last: bool  # NHWC memory layout for convolutions
     init: str | None  # transfer learning: the experiment whose model initializes this one
     freeze: bool  # with init: train only the tensors that were not transferred
+    # processes (one per GPU) torchrun runs train@<name> in; batch_size stays the global batch. A
+    # default, not a train.defaults key, so existing entries and their dvc.lock params are unchanged
+    nproc: PositiveInt = 1
 
 
 INTERPOLATED = ("dataset", "shards", "model")  # dvc.yaml reads these from each entry itself
@@ -423,6 +426,10 @@ class TuneSection(Section):
     trials: PositiveInt  # trials the study runs, the defaults' baseline run not counted
     startup_trials: NonNegativeInt  # random trials before TPE models, and completed trials before pruning
     warmup_epochs: NonNegativeInt  # epochs every trial runs before the median pruner may stop it
+    # Optuna storage that workers (`stages/tune.py --worker`) share: a journal file path on a shared
+    # filesystem, or a database URL (postgresql://, mysql+pymysql://, sqlite:///). null: a scratch
+    # journal beside the stage's trial checkpoint. A default, so the tune entry in dvc.lock is unchanged
+    storage: str | None = None
 
 
 # --- ensembles ------------------------------------------------------------------------------

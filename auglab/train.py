@@ -7,23 +7,34 @@ device with auglab.augment's batched ops, turns them into normalized float input
 LeNet-5), and steps. A checkpoint holding everything the next epoch depends on (weights,
 optimizer, scheduler, every random state, history, best weights) is written atomically after each
 epoch, so a killed run resumes and ends with the same weights as an uninterrupted one on CPU.
+
+Under torchrun (experiment `nproc` > 1, or a multi-node launch) every rank draws the same global
+batch of `batch_size` rows, augments it with the same generator, and trains on its share (rows
+rank, rank + world, ...); DistributedDataParallel all-reduces gradients scaled so that they equal
+the single process's. BatchNorm: SyncBatchNorm on CUDA (batch statistics over the global batch);
+gloo has no SyncBatchNorm, so on CPU each rank normalizes its share with its own statistics and
+the running buffers are broadcast from rank 0 (DDP before every forward, and after every epoch).
+Rank 0 alone writes checkpoints; every rank can resume from them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
+import os
 import pickle
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
@@ -62,6 +73,44 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else None
+
+
+# --- processes: one, or one per device under torchrun ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process among the training processes: `rank` of `world` (0 of 1 when alone)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> Ranks:
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+
+@contextlib.contextmanager
+def processes(device_name: str) -> Iterator[torch.device]:
+    """This process's device, for the block. Under torchrun (LOCAL_RANK set) the process also
+    joins the process group: NCCL with one GPU per local rank on CUDA; gloo on CPU, with the
+    node's cores shared out between its ranks (each would otherwise use all of them)."""
+    device = choose_device(device_name)
+    if "LOCAL_RANK" not in os.environ:
+        yield device
+        return
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ["LOCAL_WORLD_SIZE"])))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -164,6 +213,20 @@ def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, smoothing: flo
     return F.cross_entropy(scores.float(), y, label_smoothing=smoothing), scores
 
 
+class Objective(nn.Module):
+    """The training objective as one module, (x, y) -> (mean loss, weight penalty, scores), so
+    that DistributedDataParallel wraps all of it: a CapsNet's own objective and the penalty too."""
+
+    def __init__(self, model: nn.Module, experiment: Experiment):
+        super().__init__()
+        self.model = model
+        self.smoothing, self.l1, self.l2 = experiment.label_smoothing, experiment.l1, experiment.l2
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        loss, scores = objective(self.model, x, y, self.smoothing)
+        return loss, penalty(self.model, self.l1, self.l2), scores
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceData, inputs: Inputs, dtype: torch.dtype | None) -> tuple[float, float]:
     """(mean loss, accuracy) of a model on a set, in eval mode, without augmentation."""
@@ -182,12 +245,27 @@ def evaluate(model: nn.Module, data: DeviceData, inputs: Inputs, dtype: torch.dt
     return loss_sum / len(data), correct / len(data)
 
 
+def evaluate_shared(model: nn.Module, data: DeviceData, inputs: Inputs, dtype: torch.dtype | None,
+                    ranks: Ranks) -> tuple[float, float]:
+    """evaluate() with the set shared out between the ranks (rows rank, rank + world, ...) and the
+    sums all-reduced, so every rank gets the same numbers (and takes the same early stop)."""
+    if ranks.world == 1:
+        return evaluate(model, data, inputs, dtype)
+    share = DeviceData(data.images[ranks.rank :: ranks.world], data.labels[ranks.rank :: ranks.world])
+    loss, accuracy = evaluate(model, share, inputs, dtype) if len(share) else (0.0, 0.0)
+    sums = torch.tensor([loss * len(share), accuracy * len(share)], dtype=torch.float64, device=data.images.device)
+    dist.all_reduce(sums)
+    return sums[0].item() / len(data), round(sums[1].item()) / len(data)
+
+
 # --- checkpoints -----------------------------------------------------------------------------
 
 
 def fingerprint(experiment: Experiment, train: DeviceData, val: DeviceData, init: dict | None) -> str:
-    """What a checkpoint must match to be resumed: the params, the data and the initial weights."""
-    digest = hashlib.sha256(json.dumps(experiment.model_dump(mode="json"), sort_keys=True).encode())
+    """What a checkpoint must match to be resumed: the params, the data and the initial weights.
+    nproc 1 is left out, so checkpoints from before the key existed still resume."""
+    dumped = experiment.model_dump(mode="json", exclude={"nproc"} if experiment.nproc == 1 else None)
+    digest = hashlib.sha256(json.dumps(dumped, sort_keys=True).encode())
     digest.update(f"{train.digest()} {val.digest()}".encode())
     for name, tensor in sorted((init or {}).get("state_dict", {}).items()):
         digest.update(name.encode())
@@ -230,8 +308,17 @@ def first_line(error: BaseException) -> str:
     return str(error).split("\n", 1)[0].split(". ", 1)[0]
 
 
-def load_resumable(path: Path, expected: str, log: Callable[[str], None]) -> dict | None:
-    """The checkpoint at `path` if it was written for the same params and data, else None."""
+def load_resumable(path: Path, expected: str, log: Callable[[str], None], ranks: Ranks = Ranks()) -> dict | None:
+    """The checkpoint at `path` if it was written for the same params and data, else None. With
+    several ranks, rank 0 reads it and sends it to the others (nodes need not share a disk)."""
+    if ranks.world > 1:
+        sent = [_load_resumable(path, expected, log) if ranks.rank == 0 else None]
+        dist.broadcast_object_list(sent, src=0)
+        return sent[0]
+    return _load_resumable(path, expected, log)
+
+
+def _load_resumable(path: Path, expected: str, log: Callable[[str], None]) -> dict | None:
     if not path.exists():
         return None
     try:
@@ -249,17 +336,20 @@ def load_resumable(path: Path, expected: str, log: Callable[[str], None]) -> dic
 # --- the loop --------------------------------------------------------------------------------
 
 
-def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, step_scheduler, data: DeviceData,
+def run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, step_scheduler, data: DeviceData,
               order: torch.Tensor, experiment: Experiment, views: list[dict], augment_rng: torch.Generator,
-              inputs: Inputs, dtype: torch.dtype | None, desc: str) -> tuple[float, float]:
-    """One pass over `data` in `order` (a permutation); returns (mean train loss, accuracy)."""
-    model.train()
+              inputs: Inputs, dtype: torch.dtype | None, desc: str, ranks: Ranks = Ranks()) -> tuple[float, float, int]:
+    """One pass over `data` in `order` (a permutation); returns (mean train loss, accuracy, images
+    trained on, summed over ranks). `net` is an Objective, in DistributedDataParallel when several
+    ranks share the epoch: each trains on its rows of every global batch of experiment.batch_size."""
+    net.train()
     device, size = data.images.device, experiment.batch_size
     loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    images = torch.zeros((), device=device, dtype=torch.int64)
     started = time.perf_counter()
-    bar = tqdm(range(math.ceil(len(data) / size)), desc=desc, unit="step", file=sys.stderr,
-               leave=False, mininterval=1.0, disable=None)  # disable=None: a bar on a TTY only
+    bar = tqdm(range(math.ceil(len(data) / size)), desc=desc, unit="step", file=sys.stderr, leave=False,
+               mininterval=1.0, disable=None if ranks.rank == 0 else True)  # None: a bar on a TTY only
     for step in bar:
         rows = order[step * size : (step + 1) * size]
         batch, y = data.images[rows], data.labels[rows]  # (B, 1, H, W) uint8, (B,) int64
@@ -268,21 +358,30 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, step_scheduler
             for v, ops in enumerate(views):
                 chosen = which == v
                 batch[chosen] = augment.apply_view(batch[chosen], ops, augment_rng)
+        share = 1.0  # of the global batch's mean loss this rank's gradient carries, times world
+        if ranks.world > 1:  # every rank augmented the whole batch (one shared generator): take its rows
+            batch, y = batch[ranks.rank :: ranks.world], y[ranks.rank :: ranks.world]
+            share = len(y) * ranks.world / len(rows)  # 1 unless the last batch splits unevenly
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss, scores = objective(model, inputs(batch), y, experiment.label_smoothing)
-            loss = loss + penalty(model, experiment.l1, experiment.l2)
+            fit, regularizer, scores = net(inputs(batch), y)
+            loss = fit + regularizer
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages gradients over ranks: mean loss x share makes that average the global batch's
+        (loss if share == 1.0 else fit * share + regularizer).backward()
         optimizer.step()
         if step_scheduler is not None:
             step_scheduler.step()
         loss_sum += loss.detach() * len(y)
         correct += (scores.detach().argmax(1) == y).sum()
+        images += len(y)
         if step % 50 == 0:
             seen = min((step + 1) * size, len(data))
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
+            bar.set_postfix(loss=f"{loss_sum.item() * ranks.world / seen:.4f}",
                             img_s=f"{seen / (time.perf_counter() - started):,.0f}", refresh=False)
-    return loss_sum.item() / len(data), correct.item() / len(data)
+    if ranks.world > 1:
+        for total in (loss_sum, correct, images):
+            dist.all_reduce(total)
+    return loss_sum.item() / len(data), correct.item() / len(data), images.item()
 
 
 
@@ -312,8 +411,15 @@ def train(
     `on_epoch` receives each epoch's metrics row (also replayed for resumed epochs, so a logger
     sees the whole history). `init_state` is a pretrained model checkpoint for transfer learning.
     `stop_after` ends the run after that many epochs of this call (tests use it to interrupt).
+    Inside a process group (torchrun) the ranks share every batch; rank 0 alone saves checkpoints.
     """
     device = train_data.images.device
+    ranks = Ranks.current()
+    tail = len(train_data) % experiment.batch_size
+    if ranks.world > 1 and (experiment.batch_size < ranks.world or 0 < tail < ranks.world):
+        raise AuglabError(f"batch_size {experiment.batch_size} on {len(train_data):,} images leaves a batch of "
+                          f"{tail if experiment.batch_size >= ranks.world else experiment.batch_size} images for "
+                          f"{ranks.world} processes; expected at least one image per process in every batch")
     dtype = autocast_dtype(device, experiment.precision)
     torch.manual_seed(experiment.seed)  # dropout and init draw from the global generator
     model = models.build(experiment.model, experiment.model_kwargs).to(device)
@@ -321,6 +427,8 @@ def train(
         transfer(model, init_state, experiment.freeze, log)
     if experiment.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if ranks.world > 1 and device.type == "cuda":  # batch statistics over the global batch (no gloo support)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     inputs = Inputs(stats["mean"], stats["std"], model.image_size, experiment.channels_last)
     steps = math.ceil(len(train_data) / experiment.batch_size)  # per epoch
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -334,7 +442,7 @@ def train(
     history: list[dict] = []
     best = {"epoch": 0, "val_loss": math.inf, "state": None}
     start_epoch = 0
-    state = load_resumable(checkpoint, expected, log)
+    state = load_resumable(checkpoint, expected, log, ranks)
     if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
@@ -345,6 +453,9 @@ def train(
         log(f"resuming from {checkpoint} after epoch {start_epoch}")
         for row in history:
             on_epoch(row)
+    net = Objective(model, experiment)
+    if ranks.world > 1:  # after resuming: DDP starts every rank from rank 0's weights and buffers
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
 
     stopped = False
     for epoch in range(start_epoch, experiment.epochs):
@@ -355,12 +466,20 @@ def train(
             break
         started = time.perf_counter()
         order = torch.randperm(len(train_data), generator=shuffle, device=device)
-        train_loss, train_acc = run_epoch(
-            model, optimizer, scheduler if schedule_every == "step" else None, train_data, order,
-            experiment, views, augment_rng, inputs, dtype, f"epoch {epoch + 1}/{experiment.epochs}",
+        if ranks.world > 1:
+            dist.broadcast(order, 0)  # one permutation for all, whatever another device's generator draws
+            # dropout differs between ranks and depends on (seed, epoch, rank) only, so a resumed
+            # run draws the same masks without every rank's generator state in the checkpoint
+            torch.manual_seed(int(np.random.SeedSequence([experiment.seed, epoch, ranks.rank]).generate_state(1)[0]))
+        train_loss, train_acc, images = run_epoch(
+            net, optimizer, scheduler if schedule_every == "step" else None, train_data, order,
+            experiment, views, augment_rng, inputs, dtype, f"epoch {epoch + 1}/{experiment.epochs}", ranks,
         )
+        if ranks.world > 1:  # per-rank BatchNorm statistics on CPU: keep rank 0's, as DDP would next step
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
         seconds = time.perf_counter() - started
-        val_loss, val_acc = evaluate(model, val_data, inputs, dtype)
+        val_loss, val_acc = evaluate_shared(model, val_data, inputs, dtype, ranks)
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -370,6 +489,7 @@ def train(
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": seconds,
             "img_per_s": len(train_data) / seconds,
+            "images": images,
         }
         if schedule_every == "epoch" and scheduler is not None:
             scheduler.step()
@@ -382,13 +502,14 @@ def train(
         on_epoch(row)
         log(f"epoch {epoch + 1}/{experiment.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}, "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}, {row['img_per_s']:,.0f} img/s")
-        save_atomic({
-            "fingerprint": expected, "epoch": epoch + 1, "history": history, "best": best,
-            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": _rng_states(shuffle, augment_rng),
-            "name": experiment.model, "kwargs": experiment.model_kwargs,
-        }, checkpoint)
+        if ranks.rank == 0:  # every rank holds the same state; one writer
+            save_atomic({
+                "fingerprint": expected, "epoch": epoch + 1, "history": history, "best": best,
+                "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": _rng_states(shuffle, augment_rng),
+                "name": experiment.model, "kwargs": experiment.model_kwargs,
+            }, checkpoint)
 
     if experiment.early_stopping and best["state"] is not None:
         model.load_state_dict(best["state"])  # Keras' restore_best_weights

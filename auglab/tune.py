@@ -5,14 +5,24 @@ size, weight penalty); the Optuna search draws several keys at once and prunes t
 val accuracy trails the median. Both work on train entries (mappings shaped like
 `train.experiments.<name>`) and on the rows `train.train` returns; stages/sweep.py and
 stages/tune.py load the data and run them.
+
+A search may be shared: processes on one Optuna storage (a journal file on a shared disk, or a
+PostgreSQL/MySQL URL) open the same study, named after its params, and take trials from it
+until it holds `tune.trials`; trial numbers come from the storage, so none runs twice.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import datetime
+import hashlib
 import io
+import json
 import math
+import os
+import socket
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,9 +31,12 @@ import numpy as np
 import optuna
 import torch
 from matplotlib.figure import Figure
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
-from auglab.files import save_figure
-from auglab import shards
+from auglab import AuglabError, shards
+from auglab.files import save_figure, temp_path
 from auglab.params import Dimension, Experiment, Penalty, TuneSection
 from auglab.train import DeviceData, Result
 
@@ -114,23 +127,65 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Dimension]) -> dict[str, An
     return values
 
 
-def make_study(config: TuneSection) -> optuna.Study:
-    """A maximizing in-memory study: seeded TPE (or random) sampler, median pruner on val accuracy."""
+def storage(where: str | Path) -> optuna.storages.BaseStorage:
+    """The Optuna storage at `where`: a URL with `://` is a database (sqlite:///file.db,
+    postgresql://..., mysql+pymysql://...: machines that reach the server share it); anything
+    else is a journal file (processes that share its filesystem share it)."""
+    if "://" in str(where):
+        for attempt in (1, 2):
+            try:
+                return RDBStorage(str(where))
+            except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, refused connections
+                if attempt == 2:
+                    raise AuglabError(f"tune.storage {str(where)!r}: cannot open ({type(e).__name__}: "
+                                      f"{str(e).splitlines()[0]}); expected a journal file path or a database "
+                                      "URL Optuna can open") from None
+                time.sleep(1.0)  # a worker starting at the same moment may be creating the tables
+    path = Path(where)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def study_name(config: TuneSection, defaults: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
+    """`<experiment>-<digest>`: every worker started on the same params joins the same study, and
+    changed params start a new one on a shared storage instead of mixing with the old trials."""
+    searched = {"tune": config.model_dump(mode="json", exclude={"storage"}), "defaults": defaults, "entry": entry}
+    return f"{config.experiment}-{hashlib.sha256(json.dumps(searched, sort_keys=True).encode()).hexdigest()[:12]}"
+
+
+def make_study(config: TuneSection, name: str | None = None,
+               where: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """A maximizing study: seeded TPE (or random) sampler, median pruner on val accuracy; in memory,
+    or the study `name` on the storage `where`, created by whichever process comes first."""
     if config.sampler == "tpe":
         sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=config.startup_trials)
     else:
         sampler = optuna.samplers.RandomSampler(seed=config.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=config.warmup_epochs)
-    return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    return optuna.create_study(storage=where, study_name=name, load_if_exists=where is not None,
+                               direction="maximize", sampler=sampler, pruner=pruner)
 
 
-def search(config: TuneSection, objective: Objective, log: Callable[[str], None] = print) -> optuna.Study:
-    """Run `config.trials` trials. `objective(values, report)` trains with the drawn values and
-    calls `report(epoch, val_accuracy)` after each epoch; report raises optuna.TrialPruned when
-    the pruner stops the trial. Returns the finished study."""
-    study = make_study(config)
+def worker_id() -> str:
+    """`host:pid`, recorded with every trial as the `worker` that ran it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(trial: optuna.Trial) -> float:
+
+def search(config: TuneSection, objective: Objective, log: Callable[[str], None] = print,
+           study: optuna.Study | None = None) -> optuna.Study:
+    """Run trials until the study holds `config.trials` of them, counting those other processes
+    run on the same storage. `objective(values, report)` trains with the drawn values and calls
+    `report(epoch, val_accuracy)` after each epoch; report raises optuna.TrialPruned when the
+    pruner stops the trial. Returns the study (trials of other processes may still be running)."""
+    study = make_study(config) if study is None else study
+    worker = worker_id()
+    while len(study.get_trials(deepcopy=False)) < config.trials:
+        trial = study.ask()
+        if trial.number >= config.trials:  # another process took the last trial since the count
+            trial.set_user_attr("over_budget", True)
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        trial.set_user_attr("worker", worker)
         values = suggest(trial, config.space)
 
         def report(epoch: int, value: float) -> None:
@@ -140,18 +195,88 @@ def search(config: TuneSection, objective: Objective, log: Callable[[str], None]
                 log(f"trial {trial.number}: pruned after epoch {epoch} at val acc {value:.4f}")
                 raise optuna.TrialPruned()
 
-        value = objective(values, report)
+        try:
+            value = objective(values, report)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            continue
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        study.tell(trial, value)
         log(f"trial {trial.number}: val acc {value:.4f} with {values}")
-        return value
-
-    study.optimize(run, n_trials=config.trials)
     return study
 
 
+UNCLAIMED_SECONDS = 30.0  # a trial's process names itself milliseconds after opening it
+
+
+def fail_abandoned(study: optuna.Study, log: Callable[[str], None], unclaimed: float = UNCLAIMED_SECONDS) -> None:
+    """Mark failed the running trials nothing will end: those of processes of this machine that are
+    gone (a killed stage or worker), and those no process named itself on within `unclaimed`
+    seconds (killed between opening the trial and naming itself). Other machines' cannot be checked."""
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        where, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+        started = trial.datetime_start  # UTC-aware from a journal, naive local time from a database
+        if where == host and pid.isdigit() and not _alive(int(pid)):
+            gone = f"process {pid}, which is gone"
+        elif not pid and (datetime.datetime.now(started.tzinfo) - started).total_seconds() > unclaimed:
+            gone = f"a process that never named itself ({unclaimed:.0f} s)"
+        else:
+            continue
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        log(f"tune: trial {trial.number} was left running by {gone}: marked failed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
+def wait_for_trials(study: optuna.Study, budget: int, log: Callable[[str], None], poll: float = 2.0) -> None:
+    """Return once no trial below `budget` is running (other workers finish theirs; those of gone
+    processes of this machine are marked failed). A worker killed on another machine leaves its
+    trial running: `study.tell(<number>, state=TrialState.FAIL)` ends the wait."""
+    told: set[int] = set()
+    while True:
+        fail_abandoned(study, log)
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if t.number < budget}
+        if not running:
+            return
+        if running != told:
+            log(f"tune: waiting for trial(s) {sorted(running)} of other workers")
+            told = running
+        time.sleep(poll)
+
+
+def snapshot(name: str, where: optuna.storages.BaseStorage, path: Path) -> None:
+    """Copy the study `name` from `where` into a fresh journal file at `path`, written beside it
+    and renamed into place: the stage's own record of a study held elsewhere."""
+    temp = temp_path(path)
+    temp.unlink(missing_ok=True)
+    try:
+        optuna.copy_study(from_study_name=name, from_storage=where,
+                          to_storage=JournalStorage(JournalFileBackend(str(temp))))
+        temp.replace(path)
+    finally:
+        temp.unlink(missing_ok=True)
+        Path(f"{temp}.lock").unlink(missing_ok=True)
+
+
 def trial_rows(study: optuna.Study, space: Mapping[str, Dimension]) -> list[dict[str, Any]]:
-    """One row per trial: number, state, value (last reported for pruned ones), epochs and params."""
+    """One row per trial: number, state, value (last reported for pruned ones), epochs and params.
+    A trial that a worker opened past the budget (a race at the end) is no row."""
     rows = []
     for trial in study.trials:
+        if trial.user_attrs.get("over_budget"):
+            continue
         reported = trial.intermediate_values
         value = trial.value if trial.value is not None else reported[max(reported)] if reported else None
         rows.append({"trial": trial.number, "state": trial.state.name.lower(), "value": value,

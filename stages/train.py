@@ -1,7 +1,12 @@
 """Stage train@<experiment> (and finetune@<experiment>): train one experiment on the device,
-logging every epoch with DVCLive; write the model. A killed run resumes from its checkpoint."""
+logging every epoch with DVCLive; write the model. A killed run resumes from its checkpoint.
+With the experiment's `nproc` > 1 the stage runs itself again under torchrun, one process per
+GPU (or gloo processes on CPU); started by torchrun already (multi-node), it joins as it is.
+Rank 0 alone logs, writes checkpoints and the model."""
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +22,28 @@ def load_set(directory: Path, splits: list[str]) -> tuple[np.ndarray, np.ndarray
     return np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts])
 
 
+def relaunch(nproc: int) -> None:
+    """Replace this process with torchrun running this same command in `nproc` processes on this
+    machine (DVC waits on the same pid and sees torchrun's exit status)."""
+    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              f"--nproc-per-node={nproc}", *sys.argv])
+
+
 def main(args) -> None:
     experiment = params.load_experiment(args.params, args.group, args.experiment)
-    device = train.choose_device(experiment.device)
+    if experiment.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        relaunch(experiment.nproc)
+    with train.processes(experiment.device) as device:
+        if train.Ranks.current().rank == 0:
+            run(args, experiment, device)
+        else:
+            train_data, val_data, stats, init = load(args, experiment, device)
+            train.train(experiment, train_data, val_data, stats, args.checkpoint, log=lambda line: None,
+                        init_state=init)
+
+
+def load(args, experiment: params.Experiment, device: torch.device):
+    """(train data, val data, stats, init checkpoint or None) on the device."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # tiny activations otherwise slow CPU math up to 4x
     images, labels = load_set(args.shards, experiment.train)
@@ -31,9 +55,17 @@ def main(args) -> None:
     val_data = train.DeviceData.from_numpy(val.images, val.labels, device)
     stats = json.loads(args.stats.read_text())
     init = torch.load(args.init, map_location="cpu", weights_only=True) if args.init else None
+    return train_data, val_data, stats, init
+
+
+def run(args, experiment: params.Experiment, device: torch.device) -> None:
+    """Rank 0 (or the only process): train, log with DVCLive, write the model."""
+    train_data, val_data, stats, init = load(args, experiment, device)
+    world = train.Ranks.current().world
     cli.log(f"{args.experiment}: {experiment.model} on {len(train_data):,} images "
             f"({', '.join(experiment.train)}{' + ' + experiment.real if experiment.real else ''}), "
-            f"device {device}, autocast {train.autocast_dtype(device, experiment.precision)}")
+            f"device {device}{f' x {world} processes' if world > 1 else ''}, "
+            f"autocast {train.autocast_dtype(device, experiment.precision)}")
     with atomic_dir(args.out) as staging:
         with Live(dir=str(staging / "live"), save_dvc_exp=False, dvcyaml=None) as live:
 

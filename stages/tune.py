@@ -1,9 +1,16 @@
 """Stage tune: an Optuna study (seeded TPE or random sampler, median pruner on val accuracy per
 epoch) over the keys tune.space names of one train experiment, each trial on tune.budget (a
 subset, fewer epochs). The experiment's own values run first as the baseline. Writes the trial
-history (CSV and plot) and the best values with the `dvc exp run -S` line that promotes them."""
+history (CSV and plot) and the best values with the `dvc exp run -S` line that promotes them.
+
+The study lives on tune.storage (default: a scratch journal beside --checkpoint, removed when the
+stage finishes, so a killed stage resumes its study and a finished one starts afresh). Other
+processes, on this machine or others sharing the storage, join it with the same command and
+`--worker`: they run trials and write nothing else. The stage writes its outputs from the study
+once every trial, whoever ran it, is done, with a copy of the study as the journal --study."""
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -27,22 +34,38 @@ def main(args) -> None:
         torch.set_flush_denormal(True)
     train_data, val_data = tune.device_data(experiment, args.shards, args.splits, device)
     stats = json.loads(args.stats.read_text())
+    # a worker's trials get their own scratch file: workers may share this machine
+    checkpoint = args.checkpoint.with_suffix(f".{os.getpid()}.pt") if args.worker else args.checkpoint
 
     def fit(values: dict, report=lambda epoch, value: None) -> float:
         run = params.experiment(defaults, tune.with_keys(entry, values), f"{where} and {values}")
-        args.checkpoint.unlink(missing_ok=True)  # trials never resume one another
+        checkpoint.unlink(missing_ok=True)  # trials never resume one another
         try:
-            result = train.train(run, train_data, val_data, stats, args.checkpoint,
+            result = train.train(run, train_data, val_data, stats, checkpoint,
                                  on_epoch=lambda row: report(row["epoch"], row["val_acc"]), log=lambda line: None)
         finally:
-            args.checkpoint.unlink(missing_ok=True)
+            checkpoint.unlink(missing_ok=True)
         return result.history[-1]["val_acc"]
 
-    cli.log(f"tune: {config.trials} {config.sampler} trials on {config.experiment} "
+    location = config.storage or str(args.checkpoint.with_suffix(".journal"))
+    storage = tune.storage(location)
+    name = tune.study_name(config, defaults, entry)
+    study = tune.make_study(config, name, storage)
+    cli.log(f"tune{' worker' if args.worker else ''}: study {name} on {location}, "
+            f"{config.trials} {config.sampler} trials on {config.experiment} "
             f"({len(train_data):,} images, {experiment.epochs} epochs each), seed {config.seed}")
-    baseline = fit({})
+    if args.worker:
+        tune.search(config, fit, log=cli.log, study=study)
+        ran = sum(t.user_attrs.get("worker") == tune.worker_id() for t in study.get_trials(deepcopy=False))
+        cli.log(f"tune worker: {ran} trial(s) run here; the stage writes the results")
+        return
+    tune.fail_abandoned(study, cli.log)  # trials a killed run of this stage left running
+    if "baseline" not in study.user_attrs:  # a resumed study keeps the baseline it measured
+        study.set_user_attr("baseline", fit({}))
+    baseline = study.user_attrs["baseline"]
     cli.log(f"tune: the experiment's own values reach val acc {baseline:.4f}")
-    study = tune.search(config, fit, log=cli.log)
+    tune.search(config, fit, log=cli.log, study=study)
+    tune.wait_for_trials(study, config.trials, cli.log)
     number, value, values = tune.best(study, config.space)
     rows = tune.trial_rows(study, config.space)
     states = [r["state"] for r in rows]
@@ -58,6 +81,9 @@ def main(args) -> None:
         "beats_baseline": value > baseline, "best": values,
         "promote": tune.promote_command(config.experiment, values),
     })
+    tune.snapshot(name, storage, args.study)
+    if config.storage is None:  # finished: the next run starts a fresh study
+        Path(location).unlink()
     cli.log(f"tune: best val acc {value:.4f} (trial {number}) vs {baseline:.4f} for the experiment's values; "
             f"{states.count('pruned')} of {len(rows)} trials pruned")
 
@@ -71,4 +97,8 @@ if __name__ == "__main__":
     parser.add_argument("--trials", type=Path, required=True, help="trial history CSV to write")
     parser.add_argument("--history", type=Path, required=True, help="trial history plot (PNG) to write")
     parser.add_argument("--best", type=Path, required=True, help="best values JSON (metrics) to write")
+    parser.add_argument("--study", type=Path, required=True,
+                        help="Optuna journal file to write: a copy of the study")
+    parser.add_argument("--worker", action="store_true",
+                        help="join the study and run trials only; the stage run writes the outputs")
     cli.run(main, parser)
