@@ -338,10 +338,13 @@ def _load_resumable(path: Path, expected: str, log: Callable[[str], None]) -> di
 
 def run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, step_scheduler, data: DeviceData,
               order: torch.Tensor, experiment: Experiment, views: list[dict], augment_rng: torch.Generator,
-              inputs: Inputs, dtype: torch.dtype | None, desc: str, ranks: Ranks = Ranks()) -> tuple[float, float, int]:
+              inputs: Inputs, dtype: torch.dtype | None, desc: str, ranks: Ranks = Ranks(),
+              scaler: torch.amp.GradScaler | None = None) -> tuple[float, float, int]:
     """One pass over `data` in `order` (a permutation); returns (mean train loss, accuracy, images
     trained on, summed over ranks). `net` is an Objective, in DistributedDataParallel when several
-    ranks share the epoch: each trains on its rows of every global batch of experiment.batch_size."""
+    ranks share the epoch: each trains on its rows of every global batch of experiment.batch_size.
+    `scaler` scales fp16 losses (see `gradient_scaler`); disabled, it is a plain backward and step."""
+    scaler = scaler or gradient_scaler(data.images.device, dtype)
     net.train()
     device, size = data.images.device, experiment.batch_size
     loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
@@ -367,8 +370,9 @@ def run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, step_scheduler, 
             loss = fit + regularizer
         optimizer.zero_grad(set_to_none=True)
         # DDP averages gradients over ranks: mean loss x share makes that average the global batch's
-        (loss if share == 1.0 else fit * share + regularizer).backward()
-        optimizer.step()
+        scaler.scale(loss if share == 1.0 else fit * share + regularizer).backward()
+        scaler.step(optimizer)  # skips the step when fp16 gradients overflowed, then lowers the scale
+        scaler.update()
         if step_scheduler is not None:
             step_scheduler.step()
         loss_sum += loss.detach() * len(y)
@@ -383,6 +387,12 @@ def run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, step_scheduler, 
             dist.all_reduce(total)
     return loss_sum.item() / len(data), correct.item() / len(data), images.item()
 
+
+
+def gradient_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A loss scaler for fp16 autocast, whose small gradients underflow to zero without it
+    (bf16 has fp32's range and needs none): enabled for fp16 only, a no-op otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
 @dataclass
@@ -453,6 +463,9 @@ def train(
         log(f"resuming from {checkpoint} after epoch {start_epoch}")
         for row in history:
             on_epoch(row)
+    scaler = gradient_scaler(device, dtype)
+    if state is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     net = Objective(model, experiment)
     if ranks.world > 1:  # after resuming: DDP starts every rank from rank 0's weights and buffers
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
@@ -473,7 +486,7 @@ def train(
             torch.manual_seed(int(np.random.SeedSequence([experiment.seed, epoch, ranks.rank]).generate_state(1)[0]))
         train_loss, train_acc, images = run_epoch(
             net, optimizer, scheduler if schedule_every == "step" else None, train_data, order,
-            experiment, views, augment_rng, inputs, dtype, f"epoch {epoch + 1}/{experiment.epochs}", ranks,
+            experiment, views, augment_rng, inputs, dtype, f"epoch {epoch + 1}/{experiment.epochs}", ranks, scaler,
         )
         if ranks.world > 1:  # per-rank BatchNorm statistics on CPU: keep rank 0's, as DDP would next step
             for buffer in model.buffers():
@@ -509,6 +522,7 @@ def train(
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "rng": _rng_states(shuffle, augment_rng),
                 "name": experiment.model, "kwargs": experiment.model_kwargs,
+                **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
             }, checkpoint)
 
     if experiment.early_stopping and best["state"] is not None:

@@ -222,3 +222,19 @@ def test_checkpoint_from_other_initial_weights_is_refused(tmp_path, data):
     run(tmp_path / "c", exp, data, init_state=first, stop_after=1)
     train.train(exp, *data, STATS, tmp_path / "c" / "checkpoint.pt", log=messages.append, init_state=first)
     assert any(m.startswith("resuming from") for m in messages)
+
+
+def test_fp16_trains_with_a_gradient_scaler_and_resumes_it(tmp_path, data):
+    """fp16 autocast (what `auto` picks on GPUs without bf16) scales the loss; bf16 and fp32 do not."""
+    cpu = torch.device("cpu")
+    assert train.gradient_scaler(cpu, torch.float16).is_enabled()
+    assert not train.gradient_scaler(cpu, torch.bfloat16).is_enabled() and not train.gradient_scaler(cpu, None).is_enabled()
+    exp = experiment(precision="fp16", channels_last=False, epochs=2)
+    first = run(tmp_path, exp, data, stop_after=1)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert 0 < saved["scaler"]["scale"] <= 2.0**16  # GradScaler's start; lowered on every overflow
+    assert all(torch.isfinite(v).all() for v in first.model.state_dict().values() if v.is_floating_point())
+    resumed = run(tmp_path, exp, data)  # picks the scale up from the checkpoint
+    assert len(resumed.history) == 2 and np.isfinite(resumed.history[-1]["train_loss"])
+    run(tmp_path / "bf16", experiment(precision="bf16", epochs=1), data, stop_after=1)
+    assert "scaler" not in torch.load(tmp_path / "bf16" / "checkpoint.pt", weights_only=True)
