@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -20,6 +21,10 @@ from auglab import shards
 
 from conftest import ROOT
 
+pytestmark = [pytest.mark.slow, pytest.mark.network]  # `dvc repro` from the official data sources
+_spec = importlib.util.spec_from_file_location("tour", ROOT / "ci/tour.py")  # a script, not a package
+tour = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tour)
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "CI": "1"}
 
 
@@ -50,17 +55,8 @@ def built(tmp_path_factory):
     """A fresh git + DVC copy of the project (what a clone holds), after `ci/review.sh HEAD`: the
     CI profile reproduced on HEAD in a worktree, then on the working tree, sharing one cache."""
     root = tmp_path_factory.mktemp("clone")
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, root / name)
-    for name in ("dvc.lock",):  # a clone may hold a lock; rebuild from nothing regardless
-        (root / name).unlink(missing_ok=True)
-    sh(root, "git", "init", "-q")
-    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
-    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone")
+    tour.clone(ROOT, root)  # what `make tour` copies: a clone's files with uncommitted edits, no dvc.lock
+    assert not (root / "dvc.lock").exists() and (root / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()
     refused = subprocess.run(["bash", "ci/review.sh"], cwd=root, env={k: v for k, v in ENV.items() if k != "CI"},
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "run it in CI or in a scratch clone" in refused.stderr
