@@ -123,11 +123,10 @@ def test_rerun_is_byte_identical(built):
     trained = hashlib.sha256(model.read_bytes()).hexdigest()
     outputs = ("generator.pt", "grid.png", "losses.png")  # not live/metrics.json: it holds img/s
     generator = {name: digests(root / "artifacts/gan/fashion_mnist")[name] for name in outputs}
-    for stage in ("split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist",
-                  "augment@mnist_s2_expand", "augment@fashion_mnist_s1_copies", "train@s2_lenet_100",
-                  "gan@fashion_mnist"):
-        output = sh(root, "dvc", "repro", "--force", "--single-item", stage)
-        assert ran(output) == {stage}
+    forced = {"split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist", "augment@mnist_s2_expand",
+              "augment@fashion_mnist_s1_copies", "train@s2_lenet_100", "gan@fashion_mnist"}
+    output = sh(root, "dvc", "repro", "--force", "--single-item", *sorted(forced))  # one DVC start for all
+    assert ran(output) == forced
     assert digests(root / "data") == before  # GAN samples included
     assert hashlib.sha256(model.read_bytes()).hexdigest() == trained  # training is deterministic on CPU
     assert {name: digests(root / "artifacts/gan/fashion_mnist")[name] for name in outputs} == generator
@@ -160,12 +159,20 @@ def test_exp_run_of_one_recipe_reruns_only_its_stages(built):
 
 
 def test_exp_run_with_new_seed_reruns_split_and_below_only(built):
+    """`dvc exp run -S split.seed=1` re-runs split@* and below, never download@*. One real run up to
+    a training of each dataset's split (retraining the whole profile again proves no more), then
+    `dvc status` names every other stage but the downloads: what a plain `dvc exp run` re-runs."""
     root, _ = built
-    output = sh(root, "dvc", "exp", "run", "-S", "split.seed=1")
+    everything = set(sh(root, "dvc", "stage", "list", "--name-only").split())
+    output = sh(root, "dvc", "exp", "run", "-S", "split.seed=1", "train@s2_lenet_100", "train@s1_cnn_maxpool")
     stages = ran(output)
-    assert {"split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist", "train@s2_lenet_100"} <= stages
-    assert not {s for s in stages if s.startswith("download@")}
+    assert stages == {"split@mnist", "split@fashion_mnist", "preprocess@mnist", "preprocess@fashion_mnist",
+                      "train@s2_lenet_100", "train@s1_cnn_maxpool"}  # upstream of the targets, downloads kept
     assert shards.read_manifest(root / "data/split/fashion_mnist")["seed"] == 1
+    status = subprocess.run(["dvc", "status", "--json"], cwd=root, env=ENV, capture_output=True, text=True, check=True)
+    changed = set(json.loads(status.stdout))
+    downloads = {"download@mnist", "download@fashion_mnist"}
+    assert downloads <= everything and changed == everything - stages - downloads, status.stdout
 
 
 def test_queued_sweep_runs_in_parallel_and_shows_in_exp_show(built):
