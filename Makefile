@@ -1,5 +1,5 @@
-# auglab: the two commands of the README quick start are `make repro` and `make test`.
-# Both build .venv from nothing (Python 3.11, pip and apt are all they assume).
+# auglab: the README quick start's commands: `make repro`, `make test` (`make test-fast`), `make tour`.
+# Each builds .venv from nothing (Python 3.11, pip and apt are all they assume).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -8,13 +8,19 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN    := PATH="$(BIN):$$PATH"
 
-.PHONY: repro test install apt-index bench clean-venv
+.PHONY: repro test test-fast tour install apt-index bench clean-venv
 
 repro: install apt-index  ## create .venv, install, fetch the data and run the whole pipeline
 	$(RUN) dvc repro
 
 test: install apt-index  ## create .venv, install, run the test suite (real data, real DVC)
 	$(RUN) python -m pytest
+
+test-fast: install  ## the inner loop: units only, no `dvc repro`, stage subprocess or network (<= 2 min)
+	$(RUN) python -m pytest -m "not slow and not network"
+
+tour: install apt-index  ## the whole pipeline on the CI profile in a scratch copy (~5 min); prints its report
+	$(RUN) python ci/tour.py $(DIR)
 
 install: $(STAMP)
 

@@ -101,6 +101,7 @@ def write_dataset(folder: Path, labelled_test: bool) -> None:
     shards.write_manifest(folder, splits, dataset="kaggle_toy", class_names=NAMES)
 
 
+@pytest.mark.slow  # the stage script as a subprocess
 @pytest.mark.parametrize("labelled_test", [True, False])
 def test_stage_writes_metrics_confusion_and_a_submission_for_unlabelled_test(model, tmp_path, labelled_test):
     write_dataset(tmp_path / "split", labelled_test)

