@@ -45,7 +45,8 @@ def digests(path: Path) -> dict[str, str]:
 
 TRAINED = {"train@s2_lenet_100", "train@s2_lenet_synthetic", "train@s1_cnn_maxpool", "finetune@s0_transfer_tuned",
            "evaluate@s2_lenet_100", "evaluate@s2_lenet_synthetic", "evaluate@s1_cnn_maxpool",
-           "evaluate_finetune@s0_transfer_tuned", "gan@fashion_mnist", "gan_score@fashion_mnist", "report"}
+           "evaluate_finetune@s0_transfer_tuned", "gan@fashion_mnist", "gan_sample@fashion_mnist", "gan_score@fashion_mnist",
+           "report"}
 SWEEPS = {"grid@relu-adam", "grid@relu-sgd", "grid@tanh-adam", "grid@tanh-sgd", "batch@64", "batch@256",
           "regularize@none", "regularize@l2", "tune", "ensemble@fashion_headline"}  # the CI profile's 2 x 2 grid, batch sizes, penalties
 
@@ -77,16 +78,18 @@ def test_review_script_reports_a_metrics_diff(built):
 
 def test_repro_builds_every_stage_with_the_expected_splits(built):
     root, output = built
-    builds = {"mnist_s2_expand", "mnist_s0_light", "fashion_mnist_s2_expand", "fashion_mnist_s1_copies",
-              "fashion_mnist_s0_light"}
+    builds = {"mnist_s2_expand", "mnist_s2_code", "mnist_s2_prose", "mnist_s0_light", "fashion_mnist_s2_expand",
+              "fashion_mnist_s1_copies", "fashion_mnist_s0_light"}
     assert ran(output) == {f"{stage}@{dataset}" for stage in ("download", "split", "preprocess")
                            for dataset in ("mnist", "fashion_mnist")} | {f"augment@{b}" for b in builds} | TRAINED | SWEEPS
     listed = set(sh(root, "dvc", "stage", "list", "--name-only").split())
     assert SWEEPS <= listed and "grid@elu-nadam" not in listed  # the matrix expands the profile's lists only
     mnist = shards.read_manifest(root / "data/split/mnist")["splits"]
     assert {k: v["rows"] for k, v in mnist.items()} == {
-        "train": 55000, "val": 5000, "train_100": 100, "train_1000": 1000, "train_10000": 10000, "test": 10000
+        "train": 55000, "val": 5000, "train_100": 100, "train_1000": 1000, "train_10000": 10000, "test": 10000,
+        "s2_first_100": 100, "s2_first_1000": 1000, "s2_1000": 1000, "s2_10000": 10000,  # S2's slices
     }
+    assert shards.read_split(root / "data/split/mnist", "s2_1000").ids.tolist() == list(range(550, 1550))
     assert mnist["train_100"]["class_counts"] == [10] * 10
     fashion = shards.read_manifest(root / "data/split/fashion_mnist")["splits"]
     assert fashion["train"]["class_counts"] == [4800] * 10 and fashion["val"]["class_counts"] == [1200] * 10
@@ -101,6 +104,7 @@ def test_repro_builds_every_stage_with_the_expected_splits(built):
     assert rows["mnist_s2_expand"]["s2_expand"]["class_counts"] == [1000] * 10
     assert rows["fashion_mnist_s1_copies"]["s1_copies"]["rows"] == 144_000
     assert rows["mnist_s0_light"]["s0_light"]["rows"] == 110_000
+    assert rows["mnist_s2_code"]["s2_code"]["rows"] == rows["mnist_s2_prose"]["s2_prose"]["rows"] == 10_000
     expanded = shards.read_split(root / "data/augmented/mnist/s2_expand", "s2_expand")
     subset = shards.read_split(root / "data/split/mnist", "train_100")
     assert set(expanded.extra["source_id"].tolist()) == set(subset.ids.tolist())
@@ -124,8 +128,9 @@ def test_rerun_is_byte_identical(built):
     outputs = ("generator.pt", "grid.png", "losses.png")  # not live/metrics.json: it holds img/s
     generator = {name: digests(root / "artifacts/gan/fashion_mnist")[name] for name in outputs}
     forced = ("split@mnist", "split@fashion_mnist", "preprocess@fashion_mnist", "augment@mnist_s2_expand",
-              "augment@fashion_mnist_s1_copies", "train@s2_lenet_100", "gan@fashion_mnist")  # run in this order
-    output = sh(root, "dvc", "repro", "--force", "--single-item", *forced)  # one DVC start for all seven
+              "augment@fashion_mnist_s1_copies", "train@s2_lenet_100", "gan@fashion_mnist",
+              "gan_sample@fashion_mnist")  # run in this order
+    output = sh(root, "dvc", "repro", "--force", "--single-item", *forced)  # one DVC start for all eight
     assert ran(output) == set(forced)
     assert digests(root / "data") == before  # GAN samples included
     assert hashlib.sha256(model.read_bytes()).hexdigest() == trained  # training is deterministic on CPU

@@ -66,7 +66,9 @@ def project(tmp_path_factory):
     params["split"]["datasets"] = {"toy": {"mode": "stratified", "val_size": 40}}
     params["split"]["subsets"] = [10, 20]
     params["augment"]["recipes"]["s2_expand"]["source"] = "train_10"
-    params["augment"]["builds"] = {f"toy_{r}": {"dataset": "toy", "recipe": r} for r in params["augment"]["recipes"]}
+    recipes = params["augment"]["recipes"]  # not those of S2's slices: they are MNIST rows
+    params["augment"]["builds"] = {f"toy_{r}": {"dataset": "toy", "recipe": r} for r in recipes
+                                   if not recipes[r]["source"].startswith("s2_")}
     mlp = {"model": "mlp", "model_kwargs": {"hidden": [16], "dropout": 0.0, "activation": "relu"}, "epochs": 2}
     params["train"]["experiments"] = {
         "toy_mlp": {"dataset": "toy", "shards": "split/toy", "train": ["train_20"], **mlp},
@@ -121,7 +123,8 @@ def test_each_stage_runs_with_only_its_declared_params(project):
         "augment@toy_s2_expand", "augment@toy_s1_copies", "augment@toy_s0_light",
         "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned",
         "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "ensemble@toy_pair", "gan@toy",
-        "gan_score@toy", "grid@relu-adam", "grid@relu-sgd", "grid@tanh-adam", "grid@tanh-sgd", "batch@8", "batch@32",
+        "gan_sample@toy", "gan_score@toy", "grid@relu-adam", "grid@relu-sgd", "grid@tanh-adam", "grid@tanh-sgd",
+        "batch@8", "batch@32",
         "regularize@none", "regularize@l2", "tune", "report",
     ]
     for stage in found:
