@@ -166,8 +166,11 @@ def test_ctrl_c_during_training_keeps_a_resumable_checkpoint_and_no_process(proj
     shutil.copytree(project / "artifacts/models/reference", out)
     before = tree_digest(out)
     with open(tmp_path / "stderr", "w") as stderr:
+        # a job's own group, with Ctrl-C's default action: a suite started in the background (`cmd &`
+        # in a script) hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt
         child = subprocess.Popen([sys.executable, str(ROOT / "stages/train.py"), *train_args("interrupted")],
-                                 cwd=project, env=ENV, stderr=stderr, start_new_session=True)  # a job's group
+                                 cwd=project, env=ENV, stderr=stderr, start_new_session=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + WAIT
         while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
