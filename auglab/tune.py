@@ -32,7 +32,7 @@ import optuna
 import torch
 from matplotlib.figure import Figure
 from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from auglab import AuglabError, shards
@@ -143,7 +143,10 @@ def storage(where: str | Path) -> optuna.storages.BaseStorage:
                 time.sleep(1.0)  # a worker starting at the same moment may be creating the tables
     path = Path(where)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    # a process killed while appending leaves the journal's lock file behind: after LOCK_GRACE
+    # seconds (appends take milliseconds) the next process releases it instead of waiting forever
+    lock = JournalFileOpenLock(str(path), grace_period=LOCK_GRACE)
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
 
 
 def study_name(config: TuneSection, defaults: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
@@ -209,6 +212,7 @@ def search(config: TuneSection, objective: Objective, log: Callable[[str], None]
 
 
 UNCLAIMED_SECONDS = 30.0  # a trial's process names itself milliseconds after opening it
+LOCK_GRACE = 30  # seconds before a journal lock file left by a killed process is released
 
 
 def fail_abandoned(study: optuna.Study, log: Callable[[str], None], unclaimed: float = UNCLAIMED_SECONDS) -> None:
