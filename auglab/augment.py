@@ -49,7 +49,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from auglab import AuglabError, shards
-from auglab.files import save_figure
+from auglab.plots import save_figure
 
 BATCH = 1024  # images per recipe batch: amortizes dispatch (4096 ran 1.6x slower here)
 WARP_CHUNK = 128  # images per resampling pass: its canvas and grid (1.3 MB) stay in cache

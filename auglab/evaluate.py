@@ -19,8 +19,10 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 from torch import nn
 
 from auglab import AuglabError, preprocess
-from auglab.files import save_figure, temp_path
-from auglab.train import EVAL_BATCH, autocast_dtype, objective
+from auglab.files import temp_path
+from auglab.plots import save_figure
+from auglab.runtime import autocast_dtype
+from auglab.train import EVAL_BATCH, objective
 
 GALLERY_IMAGES = 40
 
@@ -43,7 +45,8 @@ def predict(model: nn.Module, images: np.ndarray, labels: np.ndarray | None, mea
     device = next(model.parameters()).device
     dtype = autocast_dtype(device, precision)
     model.eval()
-    scores, loss_sum = [], 0.0
+    scores = []  # kept on the device and summed there: one copy to the host at the end
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)  # as Python's float sum of loss.item()
     for start in range(0, len(images), EVAL_BATCH):
         batch = torch.from_numpy(images[start : start + EVAL_BATCH]).unsqueeze(1).to(device)
         x = preprocess.to_input(batch, mean, std, model.image_size)
@@ -53,10 +56,11 @@ def predict(model: nn.Module, images: np.ndarray, labels: np.ndarray | None, mea
             else:
                 y = torch.from_numpy(labels[start : start + EVAL_BATCH].astype(np.int64)).to(device)
                 loss, out = objective(model, x, y, 0.0)
-                loss_sum += loss.item() * len(y)
-        scores.append(out.float().cpu())
-    stacked = torch.cat(scores).numpy()
-    return Predictions(stacked, stacked.argmax(1).astype(np.uint8), None if labels is None else loss_sum / len(images))
+                loss_sum += loss.double() * len(y)
+        scores.append(out.float())
+    stacked = torch.cat(scores).cpu().numpy()
+    return Predictions(stacked, stacked.argmax(1).astype(np.uint8),
+                       None if labels is None else loss_sum.item() / len(images))
 
 
 def metrics(labels: np.ndarray, predicted: np.ndarray, loss: float, class_names: list[str]) -> dict:

@@ -1,4 +1,5 @@
-"""Atomic file and directory writes, and checksums: nothing half-written ever sits at a final path."""
+"""Atomic file and directory writes, and checksums: nothing half-written ever sits at a final path.
+PNGs are written by auglab.plots."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.tmp")
 
 
-def _name_output(error: BaseException, temp: Path, final: Path) -> None:
+def name_output(error: BaseException, temp: Path, final: Path) -> None:
     """Point a no-room OSError at the output being written (`final`, or the file inside it), not
     at a temp name that is gone by the time anyone reads the message; a write() error has no
     file name at all."""
@@ -58,7 +59,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        _name_output(e, tmp, path)
+        name_output(e, tmp, path)
         raise
 
 
@@ -84,7 +85,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         yield tmp
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        _name_output(e, tmp, final)
+        name_output(e, tmp, final)
         raise
     old = final.with_name(f".{final.name}.old")
     if final.exists():
@@ -95,13 +96,14 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 
 def save_figure(figure, path: Path, dpi: int) -> None:
-    """A matplotlib figure as PNG, written atomically and without matplotlib's version stamp, so
-    the same figure gives the same bytes (DVC outputs stay byte-identical across runs)."""
+    """auglab.plots.save_figure, kept here for auglab/report.py alone until its figures move to
+    auglab.plots (issue 16, another branch); then delete it. Every other PNG goes through plots.
+    (A forward to plots would make every stage that imports files depend on plots.)"""
     temp = temp_path(path)
     try:
         figure.savefig(temp, format="png", dpi=dpi, metadata={"Software": None})
         temp.replace(path)
     except BaseException as e:
         Path(temp).unlink(missing_ok=True)
-        _name_output(e, temp, path)
+        name_output(e, temp, path)
         raise

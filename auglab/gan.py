@@ -30,8 +30,6 @@ warps of auglab.augment are, but the same samples from the same generator.pt on 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -45,9 +43,9 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from tqdm import tqdm
 
-from auglab import AuglabError, augment, preprocess, shards
+from auglab import AuglabError, augment, checkpoint, preprocess, shards
 from auglab.params import GanConfig
-from auglab.train import DeviceData, autocast_dtype, load_resumable, save_atomic
+from auglab.runtime import DeviceData, autocast_dtype
 
 SAMPLE_BATCH = 1000
 RECALIBRATION_BATCHES = 20
@@ -140,9 +138,7 @@ class Result:
 
 def fingerprint(config: GanConfig, data: DeviceData) -> str:
     """What a GAN checkpoint must match to be resumed: the config and the training data."""
-    digest = hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
-    digest.update(data.digest().encode())
-    return digest.hexdigest()
+    return checkpoint.fingerprint(config.model_dump(mode="json"), [data.digest()])
 
 
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
@@ -169,11 +165,11 @@ def recalibrate(generator: Generator, generator_rng: torch.Generator, batch: int
 def train(
     config: GanConfig,
     data: DeviceData,
-    checkpoint: Path,
+    path: Path,
     log: Callable[[str], None] = print,
     stop_after: int | None = None,
 ) -> Result:
-    """Train for `config.steps` steps on uint8 data; resume from `checkpoint` when it matches.
+    """Train for `config.steps` steps on uint8 data; resume from the checkpoint at `path` if it matches.
 
     A checkpoint (both networks, the EMA, both optimizers, every random state, the history) is
     written atomically every `config.checkpoint_every` steps. `stop_after` ends this call after
@@ -189,33 +185,36 @@ def train(
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.d_lr, betas=betas)
     batch_rng = torch.Generator(device=device).manual_seed(config.seed)
     noise_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
+    generators = {"batch": batch_rng, "noise": noise_rng}
     expected = fingerprint(config, data)
+    keys = ("d_loss", "g_loss", "d_real", "d_fake")
 
-    def sums() -> dict[str, float]:
-        return dict.fromkeys(("d_loss", "g_loss", "d_real", "d_fake"), 0.0)
+    def sums(values: dict[str, float] | None = None) -> torch.Tensor:
+        # (4,) float64 on the device, the row in progress: summed there, read once per log row;
+        # float64 adds of the float32 losses in step order, as Python's float sum of .item() was
+        return torch.tensor([(values or {}).get(key, 0.0) for key in keys], dtype=torch.float64, device=device)
 
     history: list[dict] = []
     step, totals, window_steps = 0, sums(), 0
-    state = load_resumable(checkpoint, expected, log)
+    state = checkpoint.load_resumable(path, expected, log)
     if state is not None:
         for module, key in ((generator, "generator"), (discriminator, "discriminator"), (ema, "ema"),
                             (g_optimizer, "g_optimizer"), (d_optimizer, "d_optimizer")):
             module.load_state_dict(state[key])
-        batch_rng.set_state(state["rng"]["batch"])
-        noise_rng.set_state(state["rng"]["noise"])
+        checkpoint.restore_rng(state["rng"], generators)
         history, step = state["history"], state["step"]
-        totals, window_steps = state["window"]["totals"], state["window"]["steps"]
-        log(f"resuming from {checkpoint} after step {step}")
+        totals, window_steps = sums(state["window"]["totals"]), state["window"]["steps"]
+        log(f"resuming from {path} after step {step}")
 
     def save() -> None:
-        save_atomic({
+        checkpoint.save_atomic({
             "fingerprint": expected, "step": step, "history": history,
             "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
             "ema": ema.state_dict(), "g_optimizer": g_optimizer.state_dict(),
             "d_optimizer": d_optimizer.state_dict(),
-            "rng": {"batch": batch_rng.get_state(), "noise": noise_rng.get_state()},
-            "window": {"totals": totals, "steps": window_steps},  # the loss row in progress
-        }, checkpoint)
+            "rng": checkpoint.rng_states(generators, global_state=False),
+            "window": {"totals": dict(zip(keys, totals.tolist(), strict=True)), "steps": window_steps},
+        }, path)  # the window: the loss row in progress
 
     window_start, timed = time.perf_counter(), 0  # steps timed in this window by this call
     bar = tqdm(total=config.steps, initial=step, unit="step", desc="gan", file=sys.stderr, leave=False,
@@ -246,13 +245,12 @@ def train(
             step += 1
             window_steps += 1
             timed += 1
-            for key, value in (("d_loss", d_loss), ("g_loss", g_loss), ("d_real", d_real.mean()),
-                               ("d_fake", d_fake.mean())):
-                totals[key] += value.item()
+            totals += torch.stack([d_loss.detach(), g_loss.detach(), d_real.detach().mean(),
+                                   d_fake.detach().mean()]).double()
             bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
                 seconds = time.perf_counter() - window_start
-                row = {"step": step, **{k: v / window_steps for k, v in totals.items()},
+                row = {"step": step, **{k: v / window_steps for k, v in zip(keys, totals.tolist(), strict=True)},
                        "img_per_s": timed * config.batch_size / seconds}
                 history.append(row)
                 log(f"step {step}/{config.steps}: d loss {row['d_loss']:.3f} g loss {row['g_loss']:.3f} "
@@ -348,16 +346,14 @@ def write_samples(directory: Path, generator: Generator, per_class: int, dataset
 def save_sampler(path: Path, config: GanConfig, result: Result, class_names: list[str]) -> None:
     """generator.pt: what sampling needs, written atomically: the config, the EMA generator, the
     discriminator (whose auxiliary head can vet samples) and the class names."""
-    def weights(module: nn.Module) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-
-    save_atomic({"config": config.model_dump(mode="json"), "state_dict": weights(result.generator),
-                 "discriminator": weights(result.discriminator), "class_names": class_names}, path)
+    weights = checkpoint.cpu_weights
+    checkpoint.save_atomic({"config": config.model_dump(mode="json"), "state_dict": weights(result.generator),
+                            "discriminator": weights(result.discriminator), "class_names": class_names}, path)
 
 
 def load_sampler(path: Path, device: torch.device) -> tuple[Generator, Discriminator, GanConfig, list[str]]:
     """The networks, config and class names `save_sampler` wrote, in eval mode on `device`."""
-    saved = torch.load(path, map_location=device, weights_only=True)
+    saved = checkpoint.read(path, "expected a generator.pt written by the gan stage", device)
     config = GanConfig(**saved["config"])
     generator, discriminator = build(config)
     generator.load_state_dict(saved["state_dict"])

@@ -36,9 +36,11 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from auglab import AuglabError, shards
-from auglab.files import save_figure, temp_path
+from auglab.files import temp_path
 from auglab.params import Dimension, Experiment, Penalty, TuneSection
-from auglab.train import DeviceData, Result
+from auglab.plots import save_figure
+from auglab.runtime import DeviceData
+from auglab.train import Result
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the stage logs one line per trial itself
 

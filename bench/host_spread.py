@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auglab import evaluate, params, shards, train
+from auglab import evaluate, params, runtime, shards, train
 
 HOSTS = {
     "AVX-512 bf16": {},
@@ -48,8 +48,8 @@ def run_one(name: str, as_avx2: bool) -> dict:
     val, test = shards.read_split(splits, experiment.val), shards.read_split(splits, "test")
     stats = json.loads((Path("data/preprocessed") / f"{experiment.dataset}.json").read_text())
     with tempfile.TemporaryDirectory() as scratch:
-        result = train.train(experiment, train.DeviceData.from_numpy(images, labels, device),
-                             train.DeviceData.from_numpy(val.images, val.labels, device), stats,
+        result = train.train(experiment, runtime.DeviceData.from_numpy(images, labels, device),
+                             runtime.DeviceData.from_numpy(val.images, val.labels, device), stats,
                              Path(scratch) / "checkpoint.pt", log=lambda message: None)
     found = evaluate.predict(result.model, test.images, test.labels, stats["mean"], stats["std"], experiment.precision)
     weights = hashlib.sha256(b"".join(v.detach().float().numpy().tobytes() for v in result.model.state_dict().values()))

@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from auglab import models, params, shards, train
+from auglab import models, params, runtime, shards, train
 
 PLAIN_BATCH = 64  # pytorch/examples/mnist's default
 
@@ -76,8 +76,8 @@ def our_rate(name: str, images: np.ndarray, labels: np.ndarray, stats: dict, sec
     """img/s of auglab's loop: one epoch sized to last about `seconds`, after a warm-up epoch."""
     defaults = params.load_key(Path("params.yaml"), "train.defaults")
     count = int(min(len(labels), max(1024, guess * seconds)))
-    data = train.DeviceData.from_numpy(images[:count], labels[:count], torch.device("cpu"))
-    val = train.DeviceData.from_numpy(images[:256], labels[:256], torch.device("cpu"))
+    data = runtime.DeviceData.from_numpy(images[:count], labels[:count], torch.device("cpu"))
+    val = runtime.DeviceData.from_numpy(images[:256], labels[:256], torch.device("cpu"))
     entry = {"dataset": "mnist", "shards": "-", "train": ["-"], "model": name, "epochs": 2,
              "precision": precision, "channels_last": channels_last}
     experiment = params.experiment(defaults, entry, "bench")
@@ -114,7 +114,7 @@ def main() -> None:
     stats = json.loads(Path("data/preprocessed/mnist.json").read_text())
     print(f"{torch.get_num_threads()} threads. plain: pytorch/examples-style DataLoader, batch {PLAIN_BATCH}, fp32; "
           f"resident: our loop, batch 128, fp32 NCHW; ours: our loop + channels_last + autocast "
-          f"{train.autocast_dtype(torch.device('cpu'), 'auto')} (flush-to-zero on, as in stages/train.py)")
+          f"{runtime.autocast_dtype(torch.device('cpu'), 'auto')} (flush-to-zero on, as in stages/train.py)")
     print(f"  {'model':12s} {'plain':>8s} {'resident':>9s} {'ours':>8s} {'ours/plain':>10s} {'MFLOP/img':>10s} {'GFLOP/s':>8s}")
     for name in args.models.split(","):
         torch.set_flush_denormal(False)  # what a plain script runs with
@@ -128,7 +128,7 @@ def main() -> None:
     if "kaggle_cnn" in args.models.split(","):
         # Without AVX-512 bf16 (an AVX2-only CPU), bf16 autocast is emulated, 6-10x slower than fp32:
         # `auto` picks fp32 there, and timing forced bf16 would take minutes for nothing.
-        native = train.autocast_dtype(torch.device("cpu"), "auto") is torch.bfloat16
+        native = runtime.autocast_dtype(torch.device("cpu"), "auto") is torch.bfloat16
         tricks = [("fp32", False), ("fp32", True)] + ([("bf16", False), ("bf16", True)] if native else [])
         print("  kaggle_cnn, one trick at a time (img/s):", end="")
         for precision, layout in tricks:

@@ -5,23 +5,19 @@ ensemble's accuracy beside each member's, their mean and spread, and the members
 import json
 from pathlib import Path
 
-import torch
-
-from auglab import AuglabError, cli, ensemble, params, shards, train
+from auglab import AuglabError, checkpoint, cli, ensemble, params, runtime, shards
 from auglab.files import write_json_atomic
 
 
 def main(args) -> None:
     config = params.load_key(args.params, f"ensembles.{args.name}")
-    device = train.choose_device("auto")
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
+    device = runtime.setup("auto")
     test = shards.read_split(args.splits, "test")
     if test.labels is None:
         raise AuglabError(f"{args.splits}: the test split is unlabelled; an ensemble is scored on labelled test images")
     members, seconds = [], {}
     for name in config.members:
-        model, saved = train.load_model(args.models / name / "model.pt", device)
+        model, saved = checkpoint.load_model(args.models / name / "model.pt", device)
         if saved["dataset"] != config.dataset:
             raise AuglabError(f"ensembles.{args.name}.members: {name} was trained on {saved['dataset']!r}, "
                               f"expected {config.dataset!r}")

@@ -4,17 +4,13 @@ misclassified images, and, where the test split is unlabelled (Kaggle's test.csv
 
 from pathlib import Path
 
-import torch
-
-from auglab import cli, evaluate, shards, train
+from auglab import checkpoint, cli, evaluate, runtime, shards
 from auglab.files import atomic_dir, write_bytes_atomic, write_json_atomic
 
 
 def main(args) -> None:
-    device = train.choose_device("auto")
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
-    model, saved = train.load_model(args.model, device)
+    device = runtime.setup("auto")
+    model, saved = checkpoint.load_model(args.model, device)
     class_names = saved["class_names"]
     test = shards.read_split(args.splits, "test")
     data_classes = shards.read_manifest(args.splits)["class_names"]

@@ -6,43 +6,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from dvclive import Live
-from matplotlib.figure import Figure
 
-from auglab import cli, gan, params, shards, train
+from auglab import cli, gan, params, plots, runtime, shards
 from auglab.files import atomic_dir, temp_path
-
-
-def loss_curves(path: Path, history: list[dict], title: str) -> None:
-    """PNG: discriminator and generator losses, and the mean D scores of real and fake images."""
-    steps = [row["step"] for row in history]
-    figure = Figure(figsize=(8, 3))
-    left, right = figure.subplots(1, 2)
-    for key, label in (("d_loss", "discriminator"), ("g_loss", "generator")):
-        left.plot(steps, [row[key] for row in history], label=label)
-    for key, label in (("d_real", "D(real)"), ("d_fake", "D(fake)")):
-        right.plot(steps, [row[key] for row in history], label=label)
-    for axis, name in ((left, "loss"), (right, "mean discriminator score")):
-        axis.set_xlabel("step")
-        axis.set_ylabel(name)
-        axis.legend(fontsize=7)
-        axis.grid(alpha=0.3)
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, format="png", dpi=100, metadata={"Software": None})
 
 
 def main(args) -> None:
     config = params.load_gan(args.params, args.build)
-    device = train.choose_device(config.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
+    device = runtime.setup(config.device)
     source = shards.read_split(args.splits, config.source)
     class_names = shards.read_manifest(args.splits)["class_names"]
-    data = train.DeviceData.from_numpy(source.images, source.labels, device)
+    data = runtime.DeviceData.from_numpy(source.images, source.labels, device)
     cli.log(f"gan {args.build}: {config.steps:,} steps on {len(data):,} images ({config.dataset}/{config.source}), "
-            f"device {device}, autocast {train.autocast_dtype(device, config.precision)}")
+            f"device {device}, autocast {runtime.autocast_dtype(device, config.precision)}")
     started = time.perf_counter()
     result = gan.train(config, data, args.checkpoint, log=cli.log)
     seconds = time.perf_counter() - started  # this run's training (after a resume: the rest only)
@@ -57,7 +34,7 @@ def main(args) -> None:
                 float(np.mean([row["img_per_s"] for row in result.history])), 1)})
         figures = {args.model / "losses.png": temp_path(args.model / "losses.png"),
                    args.model / "generator.pt": temp_path(args.model / "generator.pt")}
-        loss_curves(figures[args.model / "losses.png"], result.history, f"{config.dataset} / gan {args.build}")
+        plots.loss_curves(figures[args.model / "losses.png"], result.history, f"{config.dataset} / gan {args.build}")
         gan.save_sampler(figures[args.model / "generator.pt"], config, result, class_names)
     for final, temp in figures.items():
         temp.replace(final)

@@ -4,35 +4,13 @@ only on generator.pt and the sampling params: sampling runs in float64 (see augl
 
 from pathlib import Path
 
-import numpy as np
-from matplotlib.figure import Figure
-
-from auglab import cli, gan, params, shards, train
-from auglab.files import atomic_dir, save_figure, temp_path, write_json_atomic
-
-GRID_COLUMNS = 12
-
-
-def sample_grid(path: Path, samples: shards.Split, class_names: list[str], title: str) -> None:
-    """PNG: one row per class, its first GRID_COLUMNS samples."""
-    classes = len(class_names)
-    figure = Figure(figsize=(GRID_COLUMNS * 0.6 + 1.2, classes * 0.62))
-    axes = figure.subplots(classes, GRID_COLUMNS, squeeze=False)
-    for c in range(classes):
-        rows = np.flatnonzero(samples.labels == c)[:GRID_COLUMNS]
-        for j in range(GRID_COLUMNS):
-            axes[c, j].set_axis_off()
-            if j < len(rows):
-                axes[c, j].imshow(samples.images[rows[j]], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        axes[c, 0].set_title(class_names[c], fontsize=6, loc="left")
-    figure.suptitle(title, fontsize=8)
-    figure.tight_layout()
-    save_figure(figure, path, dpi=110)
+from auglab import cli, gan, params, plots, runtime, shards
+from auglab.files import atomic_dir, temp_path, write_json_atomic
 
 
 def main(args) -> None:
     config = params.load_gan(args.params, args.build)
-    device = train.choose_device(config.device)
+    device = runtime.choose_device(config.device)  # no CPU flags: float64 sampling as it always ran
     generator, judge, trained, class_names = gan.load_sampler(args.generator, device)
     with atomic_dir(args.out) as staging:
         info, acceptance = gan.write_samples(staging, generator, config.samples_per_class, trained.dataset,
@@ -42,7 +20,8 @@ def main(args) -> None:
                               acceptance=round(acceptance, 4))
         samples = shards.read_split(staging, "gan")
         grid = temp_path(args.grid)
-        sample_grid(grid, samples, class_names, f"{trained.dataset} / gan {args.build}: samples per class (EMA generator)")
+        plots.class_grid(grid, samples.images, samples.labels, class_names,
+                         f"{trained.dataset} / gan {args.build}: samples per class (EMA generator)")
     grid.replace(args.grid)
     write_json_atomic(args.metrics, {"samples": info.rows, "acceptance": round(acceptance, 4),
                                      "min_confidence": config.min_confidence})

@@ -7,21 +7,20 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from auglab import cli, gan, params, shards, train
+from auglab import checkpoint, cli, gan, params, runtime, shards, train
 from auglab.files import sha256_file, write_json_atomic
 
 
-def classify(experiment, images: np.ndarray, labels: np.ndarray, val: train.DeviceData, test: train.DeviceData,
+def classify(experiment, images: np.ndarray, labels: np.ndarray, val: runtime.DeviceData, test: runtime.DeviceData,
              stats: dict, checkpoint: Path, name: str) -> float:
     """Train the CAS classifier on (images, labels); its accuracy on the real test set."""
     device = val.images.device
-    data = train.DeviceData.from_numpy(images, labels, device)
+    data = runtime.DeviceData.from_numpy(images, labels, device)
     cli.log(f"CAS classifier ({experiment.model}) on {len(data):,} {name} images")
     result = train.train(experiment, data, val, stats, checkpoint, log=cli.log)
     inputs = train.Inputs(stats["mean"], stats["std"], result.model.image_size, experiment.channels_last)
-    _, accuracy = train.evaluate(result.model, test, inputs, train.autocast_dtype(device, experiment.precision))
+    _, accuracy = train.evaluate(result.model, test, inputs, runtime.autocast_dtype(device, experiment.precision))
     checkpoint.unlink(missing_ok=True)
     return accuracy
 
@@ -32,15 +31,13 @@ def main(args) -> None:
     entry = {"dataset": build.dataset, "shards": f"gan/{args.build}", "train": ["gan"],
              **params.load_key(args.params, "gan.score.classifier")}
     experiment = params.experiment(params.load_key(args.params, "train.defaults"), entry, "gan.score.classifier")
-    device = train.choose_device(experiment.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
+    device = runtime.setup(experiment.device)
     stats = json.loads(args.stats.read_text())
     real = shards.read_split(args.splits, "train")
     val, test = (shards.read_split(args.splits, name) for name in ("val", "test"))
     samples = shards.read_split(args.samples, "gan")
-    val_data = train.DeviceData.from_numpy(val.images, val.labels, device)
-    test_data = train.DeviceData.from_numpy(test.images, test.labels, device)
+    val_data = runtime.DeviceData.from_numpy(val.images, val.labels, device)
+    test_data = runtime.DeviceData.from_numpy(test.images, test.labels, device)
 
     classes = int(real.metadata["classes"])
     rows = gan.matching_rows(samples.labels, np.full(classes, len(real) // classes))  # as many, balanced
@@ -48,7 +45,7 @@ def main(args) -> None:
                    args.checkpoint, "GAN")
     real_accuracy = classify(experiment, real.images, real.labels, val_data, test_data, stats, args.checkpoint, "real")
 
-    extractor, saved = train.load_model(args.extractor, device)
+    extractor, saved = checkpoint.load_model(args.extractor, device)
 
     def embed(images: np.ndarray) -> np.ndarray:
         return gan.penultimate(extractor, images, saved["mean"], saved["std"], saved["image_size"])
@@ -64,7 +61,7 @@ def main(args) -> None:
         "cas": round(cas, 4),
         "real_accuracy": round(real_accuracy, 4),
         "cas_gap": round(real_accuracy - cas, 4),
-        "cas_train_images": int(len(rows)),
+        "cas_train_images": len(rows),
         "classifier": experiment.model,
         "extractor": build.extractor,
         "extractor_sha256": sha256_file(args.extractor),

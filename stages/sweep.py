@@ -5,9 +5,7 @@ writes the cell's test accuracy, val loss, epochs to converge and time as JSON."
 import json
 from pathlib import Path
 
-import torch
-
-from auglab import AuglabError, cli, evaluate, params, shards, train, tune
+from auglab import AuglabError, cli, evaluate, params, runtime, shards, train, tune
 from auglab.files import write_json_atomic
 
 
@@ -30,9 +28,7 @@ def cell_entry(args) -> tuple[str, dict, dict]:
 def main(args) -> None:
     cell, entry, changed = cell_entry(args)
     experiment = params.experiment(params.load_key(args.params, "train.defaults"), entry, f"sweeps.{args.study}[{cell}]")
-    device = train.choose_device(experiment.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
+    device = runtime.setup(experiment.device)
     train_data, val_data = tune.device_data(experiment, args.shards, args.splits, device)
     stats = json.loads(args.stats.read_text())
     cli.log(f"{args.study}@{cell}: {experiment.model} on {len(train_data):,} images, {changed}")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from dvclive import Live
 
-from auglab import cli, params, shards, train
+from auglab import checkpoint, cli, params, runtime, shards, train
 from auglab.files import atomic_dir
 
 
@@ -33,8 +33,8 @@ def main(args) -> None:
     experiment = params.load_experiment(args.params, args.group, args.experiment)
     if experiment.nproc > 1 and "LOCAL_RANK" not in os.environ:
         relaunch(experiment.nproc)
-    with train.processes(experiment.device) as device:
-        if train.Ranks.current().rank == 0:
+    with runtime.processes(experiment.device) as device:
+        if runtime.Ranks.current().rank == 0:
             run(args, experiment, device)
         else:
             train_data, val_data, stats, init = load(args, experiment, device)
@@ -44,28 +44,27 @@ def main(args) -> None:
 
 def load(args, experiment: params.Experiment, device: torch.device):
     """(train data, val data, stats, init checkpoint or None) on the device."""
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # tiny activations otherwise slow CPU math up to 4x
+    runtime.set_cpu_flags(device)
     images, labels = load_set(args.shards, experiment.train)
     if experiment.real is not None:
         real_images, real_labels = load_set(args.splits, [experiment.real])
         images, labels = np.concatenate([real_images, images]), np.concatenate([real_labels, labels])
-    train_data = train.DeviceData.from_numpy(images, labels, device)
+    train_data = runtime.DeviceData.from_numpy(images, labels, device)
     val = shards.read_split(args.splits, experiment.val)
-    val_data = train.DeviceData.from_numpy(val.images, val.labels, device)
+    val_data = runtime.DeviceData.from_numpy(val.images, val.labels, device)
     stats = json.loads(args.stats.read_text())
-    init = torch.load(args.init, map_location="cpu", weights_only=True) if args.init else None
+    init = checkpoint.read(args.init, "expected a model.pt written by the train stage") if args.init else None
     return train_data, val_data, stats, init
 
 
 def run(args, experiment: params.Experiment, device: torch.device) -> None:
     """Rank 0 (or the only process): train, log with DVCLive, write the model."""
     train_data, val_data, stats, init = load(args, experiment, device)
-    world = train.Ranks.current().world
+    world = runtime.Ranks.current().world
     cli.log(f"{args.experiment}: {experiment.model} on {len(train_data):,} images "
             f"({', '.join(experiment.train)}{' + ' + experiment.real if experiment.real else ''}), "
             f"device {device}{f' x {world} processes' if world > 1 else ''}, "
-            f"autocast {train.autocast_dtype(device, experiment.precision)}")
+            f"autocast {runtime.autocast_dtype(device, experiment.precision)}")
     with atomic_dir(args.out) as staging:
         with Live(dir=str(staging / "live"), save_dvc_exp=False, dvcyaml=None) as live:
 
@@ -81,7 +80,7 @@ def run(args, experiment: params.Experiment, device: torch.device) -> None:
                                  "stopped_early": result.stopped_early,
                                  "train_seconds": round(sum(r["seconds"] for r in result.history), 1)})
         class_names = shards.read_manifest(args.splits)["class_names"]
-        train.save_model(staging / "model.pt", experiment, result.model, stats, class_names)
+        checkpoint.save_model(staging / "model.pt", experiment, result.model, stats, class_names)
     args.checkpoint.unlink(missing_ok=True)  # finished: the next run starts fresh
 
 

@@ -13,9 +13,7 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
-from auglab import cli, params, train, tune
+from auglab import cli, params, runtime, train, tune
 from auglab.files import write_bytes_atomic, write_json_atomic
 
 
@@ -29,9 +27,7 @@ def main(args) -> None:
         if getattr(experiment, key) != getattr(config, key):
             raise params.ParamsError(f"tune.{key}: expected {getattr(experiment, key)!r} as in {where}, "
                                      f"got {getattr(config, key)!r}")
-    device = train.choose_device(experiment.device)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
+    device = runtime.setup(experiment.device)
     train_data, val_data = tune.device_data(experiment, args.shards, args.splits, device)
     stats = json.loads(args.stats.read_text())
     # a worker's trials get their own scratch file: workers may share this machine

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from auglab import AuglabError, params, train
+from auglab import AuglabError, params, runtime, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from toy import digits  # noqa: E402  (a script: its folder is not a package)
@@ -36,10 +36,10 @@ def experiment(**overrides) -> params.Experiment:
     return params.experiment(defaults, entry, "toy")
 
 
-def data(device: torch.device) -> tuple[train.DeviceData, train.DeviceData]:
+def data(device: torch.device) -> tuple[runtime.DeviceData, runtime.DeviceData]:
     images, labels = digits(TRAIN + VAL, seed=0)
-    return (train.DeviceData.from_numpy(images[:TRAIN], labels[:TRAIN], device),
-            train.DeviceData.from_numpy(images[TRAIN:], labels[TRAIN:], device))
+    return (runtime.DeviceData.from_numpy(images[:TRAIN], labels[:TRAIN], device),
+            runtime.DeviceData.from_numpy(images[TRAIN:], labels[TRAIN:], device))
 
 
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -47,8 +47,8 @@ def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def main(out: Path) -> None:
-    with train.processes("cpu") as device:
-        rank = train.Ranks.current().rank
+    with runtime.processes("cpu") as device:
+        rank = runtime.Ranks.current().rank
         sets = data(device)
         quiet = {"log": lambda line: None}
         one_step = experiment(epochs=1, batch_size=TRAIN)  # the whole set is one global batch

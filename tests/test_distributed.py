@@ -13,7 +13,7 @@ import torch
 
 import ddp_worker
 import toy
-from auglab import params, train
+from auglab import checkpoint, params, train
 
 from conftest import ROOT
 
@@ -103,7 +103,7 @@ def test_train_stage_with_nproc_2_runs_torchrun_and_rank_zero_writes(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["toy_ddp"]  # no second writer's staging left
     losses = (out / "live/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert len(losses) == 1 + 2  # header and one row per epoch: one DVCLive writer
-    model, state = train.load_model(out / "model.pt", torch.device("cpu"))
+    model, state = checkpoint.load_model(out / "model.pt", torch.device("cpu"))
     assert state["name"] == "cnn" and not any(".module." in key for key in state["state_dict"])
     assert not (root / "artifacts/checkpoints/toy_ddp.pt").exists()  # finished: removed
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from auglab import AuglabError, evaluate, shards, train
+from auglab import AuglabError, checkpoint, evaluate, shards, train
 
 from conftest import ROOT
 from test_train import STATS, experiment, toy_data
@@ -66,12 +66,12 @@ def model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     run = experiment(epochs=3)
     result = train.train(run, toy_data(512), toy_data(64, seed=1), STATS, folder / "ck.pt", log=lambda m: None)
-    train.save_model(folder / "model.pt", run, result.model, STATS, NAMES)
+    checkpoint.save_model(folder / "model.pt", run, result.model, STATS, NAMES)
     return folder / "model.pt"
 
 
 def test_predict_scores_a_trained_model_and_writes_predictions(model, tmp_path):
-    net, saved = train.load_model(model, torch.device("cpu"))
+    net, saved = checkpoint.load_model(model, torch.device("cpu"))
     test = toy_data(200, seed=2)
     images, labels = test.images.squeeze(1).numpy(), test.labels.numpy().astype(np.uint8)
     found = evaluate.predict(net, images, labels, saved["mean"], saved["std"])

@@ -23,7 +23,7 @@ import pytest
 import torch
 from ruamel.yaml import YAML
 
-from auglab import params, shards, train
+from auglab import checkpoint, params, runtime, shards, train
 
 from conftest import ROOT, synthetic_arrays, write_idx_folder
 
@@ -115,8 +115,8 @@ def train_in_process(root: Path, checkpoint: Path, stop_after: int | None) -> No
     stats = json.loads((root / "data/preprocessed/toy.json").read_text())
     torch.set_flush_denormal(True)
     try:
-        train.train(experiment, train.DeviceData.from_numpy(part.images, part.labels, cpu),
-                    train.DeviceData.from_numpy(val.images, val.labels, cpu), stats, checkpoint,
+        train.train(experiment, runtime.DeviceData.from_numpy(part.images, part.labels, cpu),
+                    runtime.DeviceData.from_numpy(val.images, val.labels, cpu), stats, checkpoint,
                     log=lambda message: None, stop_after=stop_after)
     finally:
         torch.set_flush_denormal(False)
@@ -314,11 +314,11 @@ def model_for_other_data(path: Path, dataset: str, class_names: list[str], side:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, side, side), dtype=np.uint8)
     labels = (np.arange(64) % len(class_names)).astype(np.uint8)
-    data = train.DeviceData.from_numpy(images, labels, torch.device("cpu"))
+    data = runtime.DeviceData.from_numpy(images, labels, torch.device("cpu"))
     stats = {"mean": 0.5, "std": 0.3}
     result = train.train(experiment, data, data, stats, path.with_name("checkpoint.pt"),
                          log=lambda message: None)
-    train.save_model(path, experiment, result.model, stats, class_names)
+    checkpoint.save_model(path, experiment, result.model, stats, class_names)
 
 
 DIGITS = [str(k) for k in range(10)]
@@ -343,7 +343,7 @@ def test_evaluate_refuses_a_model_for_other_data_or_another_architecture(evaluat
     elif case == "other_architecture":  # weights of hidden [16] under a header naming hidden [32]
         saved = torch.load(reference, weights_only=True)
         saved["kwargs"] = {**saved["kwargs"], "hidden": [32]}
-        train.save_atomic(saved, path)
+        checkpoint.save_atomic(saved, path)
         expected = "weights do not fit the mlp {'activation': 'relu', 'dropout': 0.0, 'hidden': [32]} it names:"
     elif case == "truncated":
         data = reference.read_bytes()

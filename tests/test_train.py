@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from auglab import AuglabError, params, report, train
+from auglab import AuglabError, checkpoint, params, report, runtime, train
 from auglab.params import Experiment, Optimizer, Schedule
 
 from conftest import ROOT
@@ -25,14 +25,14 @@ def experiment(**overrides) -> Experiment:
     return params.experiment(DEFAULTS, entry, "test")
 
 
-def toy_data(n: int, seed: int = 0) -> train.DeviceData:
+def toy_data(n: int, seed: int = 0) -> runtime.DeviceData:
     """Separable toy digits: class k has a bright bar at row 2k (so models can learn it)."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n).astype(np.uint8)
     images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
     for i, label in enumerate(labels):
         images[i, 2 * label + 4 : 2 * label + 6, 4:24] = 255
-    return train.DeviceData.from_numpy(images, labels, torch.device("cpu"))
+    return runtime.DeviceData.from_numpy(images, labels, torch.device("cpu"))
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, data):
     assert result.stopped_early and len(losses) < 12
     assert result.best_epoch == 1 + int(np.argmin(losses))
     inputs = train.Inputs(STATS["mean"], STATS["std"], 28, True)
-    loss, _ = train.evaluate(result.model, data[1], inputs, train.autocast_dtype(torch.device("cpu"), "auto"))
+    loss, _ = train.evaluate(result.model, data[1], inputs, runtime.autocast_dtype(torch.device("cpu"), "auto"))
     assert loss == pytest.approx(min(losses), rel=1e-4)
 
 
@@ -159,27 +159,27 @@ def test_transfer_copies_features_and_freeze_keeps_them(tmp_path, data):
         same = torch.equal(value, state["state_dict"][key])
         assert same == (not key.startswith(classifier + ".")), key  # only the classifier moved
     with pytest.raises(AuglabError, match="no tensor matches"):
-        train.transfer(torch.nn.Sequential(torch.nn.Linear(3, 3)), state, False, print)
+        checkpoint.transfer(torch.nn.Sequential(torch.nn.Linear(3, 3)), state, False, print)
 
 
 def test_saved_model_round_trip(tmp_path, data):
     result = run(tmp_path, experiment(epochs=1), data)
-    train.save_model(tmp_path / "model.pt", experiment(epochs=1), result.model, STATS, list("0123456789"))
-    model, state = train.load_model(tmp_path / "model.pt", torch.device("cpu"))
+    checkpoint.save_model(tmp_path / "model.pt", experiment(epochs=1), result.model, STATS, list("0123456789"))
+    model, state = checkpoint.load_model(tmp_path / "model.pt", torch.device("cpu"))
     x = torch.randn(4, 1, 28, 28)
     assert torch.allclose(model(x), result.model.eval()(x), atol=1e-5)
     assert state["class_names"] == list("0123456789") and state["image_size"] == 28
 
 
 def test_device_and_precision_choices():
-    assert train.choose_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert runtime.choose_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(AuglabError, match="device 'cuda': no CUDA device here"):
-            train.choose_device("cuda")
-    assert train.autocast_dtype(torch.device("cpu"), "fp32") is None
-    assert train.autocast_dtype(torch.device("cpu"), "bf16") is torch.bfloat16
-    native = torch.cpu._is_avx512_bf16_supported()
-    assert train.autocast_dtype(torch.device("cpu"), "auto") is (torch.bfloat16 if native else None)
+            runtime.choose_device("cuda")
+    assert runtime.autocast_dtype(torch.device("cpu"), "fp32") is None
+    assert runtime.autocast_dtype(torch.device("cpu"), "bf16") is torch.bfloat16
+    native = runtime.native_bf16()
+    assert runtime.autocast_dtype(torch.device("cpu"), "auto") is (torch.bfloat16 if native else None)
     # the report says which of the two this host is, since the numbers move with it
     host = report.machine()
     assert torch.backends.cpu.get_cpu_capability() in host
