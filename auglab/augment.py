@@ -45,11 +45,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from auglab import AuglabError, shards
-from auglab.plots import save_figure
 
 BATCH = 1024  # images per recipe batch: amortizes dispatch (4096 ran 1.6x slower here)
 WARP_CHUNK = 128  # images per resampling pass: its canvas and grid (1.3 MB) stay in cache
@@ -299,9 +297,9 @@ def apply_view(images: torch.Tensor, ops: dict[str, dict], generator: torch.Gene
         for name in affine:
             matrix = compose(matrix, AFFINE[name](n, generator, **ops[name]))
         images = warp(images, matrix, ops.get("fill", {}).get("mode", "zeros"))
-    for name in PIXEL:
+    for name, op in PIXEL.items():
         if name in ops:
-            images = PIXEL[name](images, generator, **ops[name])
+            images = op(images, generator, **ops[name])
     return images
 
 
@@ -398,24 +396,3 @@ def write_recipe(
                     samples.take(rows, images)
                 bar.update(stop - batch_start)
         return writer.close()
-
-
-def sample_grid(path: Path, source: shards.Split, samples: Samples, title: str,
-                class_names: list[str] | None = None) -> None:
-    """PNG: one row per sampled source image, the original then its augmented views."""
-    columns = 1 + samples.per_row
-    figure = Figure(figsize=(columns * 0.9, len(samples.rows) * 0.95))
-    axes = figure.subplots(len(samples.rows), columns, squeeze=False)
-    for r, row in enumerate(samples.rows):
-        label = int(source.labels[row])
-        pictures = [source.images[row], *samples.views.get(row, [])]
-        for c in range(columns):
-            axis = axes[r, c]
-            axis.set_axis_off()
-            if c < len(pictures):
-                axis.imshow(pictures[c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        name = class_names[label] if class_names else str(label)
-        axes[r, 0].set_title(f"{name} (original)" if r == 0 else name, fontsize=6, loc="left")
-    figure.suptitle(title, fontsize=8)
-    figure.tight_layout()
-    save_figure(figure, path, dpi=110)

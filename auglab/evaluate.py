@@ -14,17 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from matplotlib.figure import Figure
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
 from auglab import AuglabError, preprocess
 from auglab.files import temp_path
-from auglab.plots import save_figure
 from auglab.runtime import autocast_dtype
 from auglab.train import EVAL_BATCH, objective
-
-GALLERY_IMAGES = 40
 
 
 @dataclass
@@ -109,28 +105,6 @@ def confusion_rows(labels: np.ndarray, predicted: np.ndarray, class_names: list[
 def submission(predicted: np.ndarray) -> bytes:
     """Kaggle's digit-recognizer format: `ImageId,Label`, ImageId counting from 1."""
     return ("ImageId,Label\n" + "".join(f"{i + 1},{int(p)}\n" for i, p in enumerate(predicted))).encode()
-
-
-def gallery(path: Path, images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, class_names: list[str],
-            title: str, count: int = GALLERY_IMAGES) -> int:
-    """PNG of the first `count` misclassified images, each titled `true -> predicted`; returns
-    how many it shows (a model with no error gets a figure saying so)."""
-    wrong = np.flatnonzero(labels != predicted)[:count]
-    columns = 10
-    rows = max(1, -(-len(wrong) // columns))
-    figure = Figure(figsize=(columns * 1.05, rows * 1.2 + 0.4))
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for axis in axes.flat:
-        axis.set_axis_off()
-    for axis, index in zip(axes.flat, wrong, strict=False):
-        axis.imshow(images[index], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        axis.set_title(f"{class_names[labels[index]]}\n-> {class_names[predicted[index]]}", fontsize=6)
-    if not len(wrong):
-        axes[0, 0].text(0, 0.5, "no misclassified images", fontsize=8)
-    figure.suptitle(title, fontsize=8)
-    figure.tight_layout()
-    save_figure(figure, path, dpi=100)
-    return len(wrong)
 
 
 def check_labels(labels: np.ndarray, classes: int, where: str) -> None:

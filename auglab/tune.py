@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from matplotlib.figure import Figure
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
@@ -38,7 +37,6 @@ from optuna.trial import TrialState
 from auglab import AuglabError, shards
 from auglab.files import temp_path
 from auglab.params import Dimension, Experiment, Penalty, TuneSection
-from auglab.plots import save_figure
 from auglab.runtime import DeviceData
 from auglab.train import Result
 
@@ -319,29 +317,3 @@ def _yaml_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
-
-
-def history_plot(path: Path, rows: list[dict[str, Any]], baseline: float, title: str) -> None:
-    """Trial values in order (pruned ones hollow, at their last reported value), the best so far,
-    and the experiment's defaults as a dashed line."""
-    figure = Figure(figsize=(7, 3.5))
-    axis = figure.subplots()
-    done = [r for r in rows if r["state"] == "complete"]
-    pruned = [r for r in rows if r["state"] == "pruned" and r["value"] is not None]
-    axis.scatter([r["trial"] for r in done], [r["value"] for r in done], color="C0", label="completed", zorder=3)
-    axis.scatter([r["trial"] for r in pruned], [r["value"] for r in pruned], facecolors="none", edgecolors="C7",
-                 label="pruned (last epoch run)", zorder=3)
-    running, best_so_far = -math.inf, []
-    for r in rows:
-        if r["state"] == "complete":
-            running = max(running, r["value"])
-        best_so_far.append(running if running > -math.inf else math.nan)
-    axis.step([r["trial"] for r in rows], best_so_far, where="post", color="C1", label="best so far")
-    axis.axhline(baseline, color="C3", linestyle="--", label=f"experiment defaults ({baseline:.4f})")
-    axis.set_xlabel("trial")
-    axis.set_ylabel("val accuracy")
-    axis.set_title(title, fontsize=9)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    save_figure(figure, path, dpi=100)

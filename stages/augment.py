@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auglab import augment, cli, params, shards
+from auglab import augment, cli, params, plots, shards
 from auglab.files import atomic_dir
 
 
@@ -22,7 +22,8 @@ def main(args) -> None:
                               recipe=args.recipe, source=recipe.source, class_names=class_names,
                               views={name: view.ops() for name, view in recipe.views.items()})
     title = f"{source.metadata['dataset']} / {args.recipe}: original, then augmented views"
-    augment.sample_grid(args.grid, source, samples, title, class_names)  # atomic: no stray temp file
+    plots.sample_grid(args.grid, source.images, source.labels, samples.rows, samples.views, samples.per_row, title,
+                      class_names)  # atomic: no stray temp file
     cli.log(f"{args.recipe}: {info.rows} rows, per class {info.class_counts}")
 
 

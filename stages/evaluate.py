@@ -4,7 +4,7 @@ misclassified images, and, where the test split is unlabelled (Kaggle's test.csv
 
 from pathlib import Path
 
-from auglab import checkpoint, cli, evaluate, runtime, shards
+from auglab import checkpoint, cli, evaluate, plots, runtime, shards
 from auglab.files import atomic_dir, write_bytes_atomic, write_json_atomic
 
 
@@ -24,7 +24,7 @@ def main(args) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(args.out) as staging:
         evaluate.write_predictions(staging / "predictions.parquet", scored.ids, scored.labels, found, class_names)
-        shown = evaluate.gallery(staging / "misclassified.png", scored.images, scored.labels, found.predicted,
+        shown = plots.gallery(staging / "misclassified.png", scored.images, scored.labels, found.predicted,
                                  class_names, f"{args.experiment}: misclassified {scored.metadata['split']} images "
                                  f"(true -> predicted), {result['errors']} of {len(scored):,}")
         if test.labels is None:  # Kaggle: predict the unlabelled test rows too

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from auglab import cli, params, runtime, train, tune
+from auglab import cli, params, plots, runtime, train, tune
 from auglab.files import write_bytes_atomic, write_json_atomic
 
 
@@ -67,7 +67,7 @@ def main(args) -> None:
     states = [r["state"] for r in rows]
     for path in (args.trials, args.history, args.best):
         path.parent.mkdir(parents=True, exist_ok=True)
-    tune.history_plot(args.history, rows, baseline, f"tune: {config.sampler} search on {config.experiment}, "
+    plots.history_plot(args.history, rows, baseline, f"tune: {config.sampler} search on {config.experiment}, "
                       f"val accuracy per trial (seed {config.seed})")
     write_bytes_atomic(args.trials, tune.rows_csv(rows))
     write_json_atomic(args.best, {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from auglab import AuglabError, augment, params, shards
+from auglab import AuglabError, augment, params, plots, shards
 
 from conftest import ROOT
 
@@ -237,7 +237,8 @@ def test_samples_collect_views_of_chosen_rows(tmp_path):
     samples = augment.Samples(rows=[0, 15], per_row=4)
     write(tmp_path, source, copies=3, samples=samples)
     assert [len(samples.views[r]) for r in (0, 15)] == [4, 4]
-    augment.sample_grid(tmp_path / "grid.png", source, samples, "toy", [str(i) for i in range(10)])
+    plots.sample_grid(tmp_path / "grid.png", source.images, source.labels, samples.rows, samples.views, samples.per_row,
+                      "toy", [str(i) for i in range(10)])
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from auglab import AuglabError, checkpoint, evaluate, shards, train
+from auglab import AuglabError, checkpoint, evaluate, plots, shards, train
 
 from conftest import ROOT
 from test_train import STATS, experiment, toy_data
@@ -81,8 +81,8 @@ def test_predict_scores_a_trained_model_and_writes_predictions(model, tmp_path):
     table = pq.read_table(tmp_path / "p.parquet")
     assert table.num_rows == 200 and table["predicted"].to_pylist() == found.predicted.tolist()
     assert all(0 < c <= 1 for c in table["confidence"].to_pylist())
-    shown = evaluate.gallery(tmp_path / "g.png", images, labels, found.predicted, NAMES, "t")
-    assert shown == min(evaluate.GALLERY_IMAGES, int(np.sum(found.predicted != labels)))
+    shown = plots.gallery(tmp_path / "g.png", images, labels, found.predicted, NAMES, "t")
+    assert shown == min(plots.GALLERY_IMAGES, int(np.sum(found.predicted != labels)))
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
 
 
