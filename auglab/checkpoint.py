@@ -1,6 +1,8 @@
 """Checkpoints in one place: atomic saves, safe loads (weights_only: no code runs from a file),
 resumable training state (fingerprinted against the params and data it was written for, random
-states included), and the model files the train stage writes and evaluation reads.
+states included), the model files the train stage writes and evaluation reads, and transfer of
+a pretrained model's weights into a new one (finetune). What goes into a training checkpoint is
+its trainer's (auglab.train, auglab.gan); how it is written, matched and read back is here.
 
 A model file is `{name, kwargs, state_dict}` (rebuilt through the auglab.models registry) plus
 what turning images into input needs; its weights are saved from the unwrapped module, on the CPU.

@@ -203,10 +203,11 @@ def run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, step_scheduler, 
     `net` is an Objective, in DistributedDataParallel when several ranks share the epoch: each
     trains on its rows of every global batch of experiment.batch_size. `scaler` scales fp16
     losses (see `gradient_scaler`; its overflow check is the one sync per step it costs);
-    disabled, it is a plain backward and step. `view_rng` picks the views (`view_generator`)."""
+    disabled, it is a plain backward and step. `view_rng`, a host generator, picks the views
+    (`view_generator`); None means `augment_rng`, which must then be a CPU one."""
     ranks = ranks or Ranks()
     scaler = scaler or gradient_scaler(data.images.device, dtype)
-    view_rng = view_rng or view_generator(augment_rng, experiment.seed)
+    view_rng = view_rng or augment_rng
     net.train()
     device, size = data.images.device, experiment.batch_size
     loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step

@@ -51,7 +51,7 @@ def with_key(entry: Mapping[str, Any], dotted: str, value: Any) -> dict[str, Any
     for part in parents:
         target = target.setdefault(part, {})
         if not isinstance(target, dict):
-            raise ValueError(f"{dotted}: {part!r} is not a mapping in the entry")
+            raise ValueError(f"{dotted}: {part!r} is not a mapping in the entry")  # noqa: TRY004  a bad value
     target[last] = value
     return result
 
@@ -135,7 +135,7 @@ def storage(where: str | Path) -> optuna.storages.BaseStorage:
         for attempt in (1, 2):
             try:
                 return RDBStorage(str(where))
-            except Exception as e:  # sqlalchemy's errors for bad URLs, missing drivers, refused connections
+            except Exception as e:  # noqa: BLE001  sqlalchemy's errors for bad URLs, missing drivers, refused connections
                 if attempt == 2:
                     raise AuglabError(f"tune.storage {str(where)!r}: cannot open ({type(e).__name__}: "
                                       f"{str(e).splitlines()[0]}); expected a journal file path or a database "
@@ -191,7 +191,7 @@ def search(config: TuneSection, objective: Objective, log: Callable[[str], None]
         trial.set_user_attr("worker", worker)
         values = suggest(trial, config.space)
 
-        def report(epoch: int, value: float) -> None:
+        def report(epoch: int, value: float, trial: optuna.Trial = trial) -> None:  # this iteration's trial
             trial.set_user_attr("epochs", epoch)
             trial.report(value, epoch)
             if trial.should_prune():

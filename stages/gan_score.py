@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auglab import checkpoint, cli, gan, params, runtime, shards, train
+from auglab import checkpoint, cli, params, quality, runtime, shards, train
 from auglab.files import sha256_file, write_json_atomic
 
 
@@ -40,7 +40,7 @@ def main(args) -> None:
     test_data = runtime.DeviceData.from_numpy(test.images, test.labels, device)
 
     classes = int(real.metadata["classes"])
-    rows = gan.matching_rows(samples.labels, np.full(classes, len(real) // classes))  # as many, balanced
+    rows = quality.matching_rows(samples.labels, np.full(classes, len(real) // classes))  # as many, balanced
     cas = classify(experiment, samples.images[rows], samples.labels[rows], val_data, test_data, stats,
                    args.checkpoint, "GAN")
     real_accuracy = classify(experiment, real.images, real.labels, val_data, test_data, stats, args.checkpoint, "real")
@@ -48,12 +48,12 @@ def main(args) -> None:
     extractor, saved = checkpoint.load_model(args.extractor, device)
 
     def embed(images: np.ndarray) -> np.ndarray:
-        return gan.penultimate(extractor, images, saved["mean"], saved["std"], saved["image_size"])
+        return quality.penultimate(extractor, images, saved["mean"], saved["std"], saved["image_size"])
 
     n = min(fid_samples, len(samples), len(test))
     test_features = embed(test.images[:n])
-    fid = gan.frechet_distance(embed(samples.images[:n]), test_features)
-    fid_real = gan.frechet_distance(embed(real.images[:n]), test_features)
+    fid = quality.frechet_distance(embed(samples.images[:n]), test_features)
+    fid_real = quality.frechet_distance(embed(real.images[:n]), test_features)
     score = {
         "fid": round(fid, 3),
         "fid_real_train": round(fid_real, 3),  # the same distance for real train images: the floor

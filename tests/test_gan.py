@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import linalg
 
-from auglab import AuglabError, gan, models, params, shards
+from auglab import AuglabError, gan, models, params, quality, shards
 
 from conftest import ROOT
 from test_train import toy_data
@@ -142,22 +142,22 @@ def test_frechet_distance_matches_scipy_sqrtm_and_is_zero_for_identical_sets():
     b = rng.normal(size=(2000, 6)) @ rng.normal(size=(6, 6)) + 0.5
     mu_a, mu_b, cov_a, cov_b = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     expected = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * linalg.sqrtm(cov_a @ cov_b).real)
-    assert gan.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
-    assert abs(gan.frechet_distance(a, a)) < 1e-6
+    assert quality.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert abs(quality.frechet_distance(a, a)) < 1e-6
 
 
 def test_matching_rows_take_the_first_images_of_each_class():
     labels = np.arange(50) % 5
-    rows = gan.matching_rows(labels, np.array([2, 0, 1, 3, 2]))
+    rows = quality.matching_rows(labels, np.array([2, 0, 1, 3, 2]))
     assert rows.tolist() == [0, 2, 3, 4, 5, 8, 9, 13]
     with pytest.raises(AuglabError, match="class 3 has 10 images, expected at least 11"):
-        gan.matching_rows(labels, np.array([1, 1, 1, 11, 1]))
+        quality.matching_rows(labels, np.array([1, 1, 1, 11, 1]))
 
 
 def test_penultimate_features_are_the_last_linear_layers_input():
     torch.manual_seed(0)
     model = models.build("cnn", {"blocks": [[8], [16]], "dense": [24]}).eval()
     images = np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8)
-    features = gan.penultimate(model, images, 0.1, 0.3, 28)
+    features = quality.penultimate(model, images, 0.1, 0.3, 28)
     assert features.shape == (7, 24) and features.dtype == np.float64
     assert not any(h for h in (m._forward_hooks for m in model.modules()) if h)  # hook removed
