@@ -2,9 +2,11 @@
 CPU's floating-point flags and threads, the processes of a torchrun launch, and labelled data
 resident on the device.
 
-Every stage starts with `setup(name)` (or `processes(name)` for training, which may run under
-torchrun) and every module asks `autocast_dtype` for its precision, so a CPU host, an AVX-512
-bf16 host and a GPU differ only here.
+Stages that compute on the device start with `setup(name)` (training with `processes(name)`,
+as it may run under torchrun, then `set_cpu_flags`), and every module asks `autocast_dtype` for
+its precision, so a CPU host, an AVX-512 bf16 host and a GPU differ only here. gan_sample alone
+takes `choose_device` without the CPU flags: its float64 sampling has always run without them,
+and its bytes must not move.
 """
 
 from __future__ import annotations

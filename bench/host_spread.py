@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from auglab import evaluate, params, runtime, shards, train
 
@@ -37,8 +36,7 @@ def run_one(name: str, as_avx2: bool) -> dict:
     experiment = params.load_experiment(Path("params.yaml"), "experiments", name)
     if as_avx2 and experiment.precision == "auto":
         experiment = experiment.model_copy(update={"precision": "fp32"})  # what auto picks without bf16
-    device = torch.device("cpu")
-    torch.set_flush_denormal(True)
+    device = runtime.setup("cpu")  # the stage's CPU flags
     splits = Path("data/split") / experiment.dataset
     parts = [shards.read_split(Path("data") / experiment.shards, split) for split in experiment.train]
     if experiment.real is not None:
@@ -68,7 +66,7 @@ def main() -> None:
     results = {}
     for host, extra in HOSTS.items():
         worker = "avx2" if extra else "native"
-        done = subprocess.run([sys.executable, __file__, *args.experiments, "--worker", worker],
+        done = subprocess.run([sys.executable, __file__, *args.experiments, "--worker", worker], check=False,
                               env={**os.environ, **extra}, capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"error: {host} run failed:\n{done.stderr}")
