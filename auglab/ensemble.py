@@ -47,4 +47,4 @@ def summary(names: Sequence[str], members: Sequence[np.ndarray], labels: np.ndar
     return {"accuracy": accuracy(combine(members), labels), "members": singles,
             "member_mean": float(values.mean()), "member_std": float(values.std()),
             "member_min": float(values.min()), "member_max": float(values.max()),
-            "images": int(len(labels))}
+            "images": len(labels)}

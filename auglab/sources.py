@@ -29,6 +29,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow.csv as pacsv
@@ -102,7 +103,7 @@ class SourceFailed(AuglabError):
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Unpickle numpy arrays and nothing else (no arbitrary code from a downloaded file)."""
 
-    allowed = {
+    allowed: ClassVar[dict[tuple[str, str], tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"): ("numpy", "ndarray"),
         ("numpy", "dtype"): ("numpy", "dtype"),
@@ -287,7 +288,7 @@ def _read_pixels_csv(path: Path, labelled: bool) -> tuple[np.ndarray, np.ndarray
     header = (["label"] if labelled else []) + [f"pixel{i}" for i in range(SIDE * SIDE)]
     try:
         table = pacsv.read_csv(path)
-    except Exception as e:  # pyarrow raises several types for malformed CSV
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for malformed CSV
         raise SourceFailed(f"{path}: unreadable CSV ({str(e).splitlines()[0]})") from None
     if table.column_names != header:
         raise SourceFailed(f"{path}: columns {table.column_names[:3]}..., expected {header[:3]}...")

@@ -18,9 +18,8 @@ import torch
 from auglab import AuglabError, params, runtime, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy import digits  # noqa: E402  (a script: its folder is not a package)
-
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT
+from toy import digits
 
 STATS = {"mean": 0.2, "std": 0.35}
 TRAIN, VAL = 320, 200  # 10 steps of the global batch (32) per epoch

@@ -7,10 +7,9 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from auglab import AuglabError, augment, params, plots, shards
-
-from conftest import ROOT
 
 # A visible strength for every op; the test below fails if an op is added without one.
 STRENGTH = {

@@ -8,14 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_worker
 import pytest
 import torch
-
-import ddp_worker
 import toy
-from auglab import checkpoint, params, train
-
 from conftest import ROOT
+
+from auglab import checkpoint, params, train
 
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
@@ -103,7 +102,7 @@ def test_train_stage_with_nproc_2_runs_torchrun_and_rank_zero_writes(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["toy_ddp"]  # no second writer's staging left
     losses = (out / "live/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert len(losses) == 1 + 2  # header and one row per epoch: one DVCLive writer
-    model, state = checkpoint.load_model(out / "model.pt", torch.device("cpu"))
+    _, state = checkpoint.load_model(out / "model.pt", torch.device("cpu"))
     assert state["name"] == "cnn" and not any(".module." in key for key in state["state_dict"])
     assert not (root / "artifacts/checkpoints/toy_ddp.pt").exists()  # finished: removed
 

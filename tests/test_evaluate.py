@@ -13,11 +13,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from auglab import AuglabError, checkpoint, evaluate, plots, shards, train
-
 from conftest import ROOT
 from test_train import STATS, experiment, toy_data
+
+from auglab import AuglabError, checkpoint, evaluate, plots, shards, train
 
 NAMES = [f"c{k}" for k in range(10)]
 

@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, synthetic_arrays, write_idx_folder
 from ruamel.yaml import YAML
 
 from auglab import checkpoint, params, runtime, shards, train
-
-from conftest import ROOT, synthetic_arrays, write_idx_folder
 
 YAML_SAFE = YAML(typ="safe", pure=True)
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -170,7 +169,7 @@ def test_ctrl_c_during_training_keeps_a_resumable_checkpoint_and_no_process(proj
         # in a script) hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt
         child = subprocess.Popen([sys.executable, str(ROOT / "stages/train.py"), *train_args("interrupted")],
                                  cwd=project, env=ENV, stderr=stderr, start_new_session=True,
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509 - no threads yet
         deadline = time.monotonic() + WAIT
         while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)

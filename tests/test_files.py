@@ -18,10 +18,9 @@ def test_atomic_dir_keeps_the_good_output_on_failure(tmp_path):
     final = tmp_path / "out"
     final.mkdir()
     (final / "good.txt").write_text("good")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(final) as staging:
-            (staging / "half.txt").write_text("half")
-            raise RuntimeError("stage failed")
+    with pytest.raises(RuntimeError), atomic_dir(final) as staging:
+        (staging / "half.txt").write_text("half")
+        raise RuntimeError("stage failed")
     assert [p.name for p in final.iterdir()] == ["good.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 

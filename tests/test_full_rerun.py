@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 TARGETS = "evaluate@s2_lenet_100"  # download, split, preprocess of MNIST, then 3 epochs on 100 images

@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from scipy import linalg
+from test_train import toy_data
 
 from auglab import AuglabError, gan, models, params, quality, shards
-
-from conftest import ROOT
-from test_train import toy_data
 
 DEFAULTS = params.load_key(ROOT / "params.yaml", "gan.defaults")
 

@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, synthetic_arrays, write_idx_folder
 from dvc.repo import Repo
 from ruamel.yaml import YAML
 
 from auglab import augment, gan, params
-
-from conftest import ROOT, synthetic_arrays, write_idx_folder
 
 YAML_SAFE = YAML(typ="safe", pure=True)
 YAML_SAFE.sort_base_mapping_type_on_output = False

@@ -14,12 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-
+from conftest import ROOT
 from ruamel.yaml import YAML
 
 from auglab import shards
-
-from conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]  # `dvc repro` from the official data sources
 _spec = importlib.util.spec_from_file_location("tour", ROOT / "ci/tour.py")  # a script, not a package

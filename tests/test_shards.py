@@ -96,10 +96,10 @@ def test_writer_refuses_wrong_input(tmp_path):
 
 def test_failure_inside_writer_leaves_no_temp_file(tmp_path):
     ids, labels, images = rows(12)
-    with pytest.raises(RuntimeError):
-        with shards.ShardWriter(tmp_path, layout(), 12, rows_per_shard=10, rows_per_group=4) as w:
-            w.write(ids[:6], labels[:6], images[:6])
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), shards.ShardWriter(tmp_path, layout(), 12, rows_per_shard=10,
+                                                          rows_per_group=4) as w:
+        w.write(ids[:6], labels[:6], images[:6])
+        raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
 
 

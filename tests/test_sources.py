@@ -12,12 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from conftest import synthetic_arrays, write_idx_folder
 
 from auglab import AuglabError, idx, sources
 from auglab.params import Source
 from auglab.sources import FACTS, SourceFailed
-
-from conftest import synthetic_arrays, write_idx_folder
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,9 @@ import hashlib
 
 import numpy as np
 import pytest
+from conftest import synthetic_arrays
 
 from auglab import AuglabError, shards, split
-
-from conftest import synthetic_arrays
 
 
 def skewed_labels(seed=0):

@@ -3,17 +3,15 @@ early stopping; on-the-fly augmentation; transfer; saved models."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import get_args
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 from auglab import AuglabError, checkpoint, params, report, runtime, train
 from auglab.params import Experiment, Optimizer, Schedule
-
-from conftest import ROOT
 
 STATS = {"mean": 0.13, "std": 0.31}
 DEFAULTS = params.load_key(ROOT / "params.yaml", "train.defaults")

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 import toy
-from auglab import AuglabError, params, tune
+from conftest import ROOT
 from test_tune import config, quadratic
 
-from conftest import ROOT
+from auglab import AuglabError, params, tune
 
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
@@ -62,7 +61,7 @@ def test_trials_left_running_by_gone_processes_are_failed(tmp_path):
     study = tune.make_study(config(), "s", tune.storage(tmp_path / "study.journal"))
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname()
-    dead, alive, elsewhere, unclaimed = (study.ask() for _ in range(4))
+    dead, alive, elsewhere, _unclaimed = (study.ask() for _ in range(4))
     dead.set_user_attr("worker", f"{host}:{int(gone.stdout)}")  # exited and reaped: no such process
     alive.set_user_attr("worker", f"{host}:{os.getpid()}")
     elsewhere.set_user_attr("worker", f"{host}-other-machine:{int(gone.stdout)}")  # cannot be checked

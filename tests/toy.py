@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from conftest import ROOT
 from ruamel.yaml import YAML
 
 from auglab import params, split
-
-from conftest import ROOT
 
 CLASSES = [str(k) for k in range(10)]
 
