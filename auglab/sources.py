@@ -242,7 +242,7 @@ def _fetch_package(kind: str, spec: str, command: list[str], timeout: float) -> 
     with tempfile.TemporaryDirectory(prefix="auglab-") as workdir:
         try:
             done = subprocess.run(command, cwd=workdir, capture_output=True, text=True,
-                                  timeout=max(timeout * 30, 120))
+                                  timeout=max(timeout * 30, 120), check=False)
         except FileNotFoundError:
             raise SourceFailed(f"{command[0]} not found on this machine") from None
         except subprocess.TimeoutExpired:

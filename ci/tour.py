@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     clone(ROOT, dest)
     subprocess.run([sys.executable, "ci/profile.py", "params.yaml"], cwd=dest, check=True)
     subprocess.run([*GIT, "commit", "-qam", "CI profile"], cwd=dest, check=True)
-    done = subprocess.run([sys.executable, "bench/pipeline_cost.py", "--record", str(dest)], cwd=dest)  # dvc repro, timed
+    done = subprocess.run([sys.executable, "bench/pipeline_cost.py", "--record", str(dest)], cwd=dest, check=False)  # dvc repro, timed
     if done.returncode != 0:
         print(f"error: dvc repro failed in {dest}; its output is above", file=sys.stderr)
         return done.returncode

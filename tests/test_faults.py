@@ -46,7 +46,7 @@ def stage(root: Path, script: str, *args: str, file_limit: int | None = None) ->
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
     return subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=root, env=ENV,
-                          capture_output=True, text=True, preexec_fn=limit_files if file_limit else None)
+                          capture_output=True, text=True, preexec_fn=limit_files if file_limit else None, check=False)
 
 
 def train_args(name: str) -> list[str]:
@@ -234,7 +234,7 @@ def dvc_project(tmp_path):
 
 
 def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["dvc", *args], cwd=root, env=ENV, capture_output=True, text=True)
+    return subprocess.run(["dvc", *args], cwd=root, env=ENV, capture_output=True, text=True, check=False)
 
 
 def dvc_error(done: subprocess.CompletedProcess) -> str:

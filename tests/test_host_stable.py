@@ -147,7 +147,7 @@ def outputs_under(root: Path, commands: dict[str, str], host: str) -> dict[str, 
     assert host == "native" or probe == {"avx2": "AVX2", "plain": "DEFAULT"}[host], probe
     ran = [name for name in commands if name.split("@")[0] in (*DATA_STAGES, "gan_sample")]
     for name in ran:
-        done = subprocess.run(commands[name], shell=True, cwd=copy, env=env, capture_output=True, text=True)
+        done = subprocess.run(commands[name], shell=True, cwd=copy, env=env, capture_output=True, text=True, check=False)
         assert done.returncode == 0, f"{name} under {host}: {done.stderr}"
     assert {"augment@toy_every_op", "gan_sample@toy", "preprocess@toy"} <= set(ran)
     return {**digest_tree(copy / "data"), **digest_tree(copy / "artifacts/gan")}

@@ -59,7 +59,7 @@ def test_two_workers_on_one_storage_share_the_trials(tmp_path, kind):
 
 def test_trials_left_running_by_gone_processes_are_failed(tmp_path):
     study = tune.make_study(config(), "s", tune.storage(tmp_path / "study.journal"))
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=False)
     host = socket.gethostname()
     dead, alive, elsewhere, _unclaimed = (study.ask() for _ in range(4))
     dead.set_user_attr("worker", f"{host}:{int(gone.stdout)}")  # exited and reaped: no such process
@@ -118,7 +118,7 @@ def test_stage_and_a_worker_share_one_study_and_the_stage_writes_once(tmp_path):
     joined = worker.stderr.readline()  # the worker has opened the study and starts its trials
     assert joined.startswith("tune worker: study toy_mlp-"), joined
     leader = subprocess.run(stage(root, "artifacts/tune"), cwd=root, env=ENV, text=True, capture_output=True,
-                            timeout=600)
+                            timeout=600, check=False)
     worker_log = joined + worker.stderr.read()
     assert worker.wait(timeout=600) == 0 and leader.returncode == 0, worker_log + leader.stderr
     name = joined.split()[3].rstrip(",")
@@ -156,7 +156,7 @@ def test_killed_stage_resumes_its_study(tmp_path):
     first.kill()  # SIGKILL, mid-way through the search
     first.wait()
     again = subprocess.run(stage(root, "artifacts/tune"), cwd=root, env=ENV, text=True, capture_output=True,
-                           timeout=600)
+                           timeout=600, check=False)
     assert again.returncode == 0, again.stderr
     assert "trial 0:" not in again.stderr and "trial 1:" not in again.stderr  # not run again
     abandoned = "tune: trial 2 was left running by "  # its process is gone, or never named itself
