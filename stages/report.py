@@ -86,10 +86,9 @@ def sweeps_section(args, figures: Path) -> tuple[list[str], dict]:
     return lines, headline
 
 
-def headline_section(args) -> tuple[list[str], dict]:
+def headline_section(args, config) -> tuple[list[str], dict]:
     """Issue 8's table: our best single model, ensemble and Fashion-MNIST model beside the goals,
     the studies' best and the best published numbers; the speed run's time to 99 %."""
-    config = params.load_key(args.params, "report.headline")
     rows, numbers = [], {}
     for label, row in config.rows.items():
         found = read_json(args.ensembles / f"{row.ensemble}.json")
@@ -119,10 +118,9 @@ def headline_section(args) -> tuple[list[str], dict]:
 
 
 def main(args) -> None:
-    studies = params.load_key(args.params, "report.studies")
-    sanity_models = params.load_key(args.params, "report.sanity")
-    filters_experiment = params.load_key(args.params, "report.filters")
-    confusions = params.load_key(args.params, "report.confusion")
+    config = params.load_report(args.report_params)
+    studies, sanity_models = config.studies, config.sanity
+    filters_experiment, confusions = config.filters, config.confusion
     builds = params.load_key(args.params, "augment.builds")
     gan_builds = params.load_key(args.params, "gan.score.builds")
     device = train.choose_device("auto")
@@ -139,7 +137,7 @@ def main(args) -> None:
                  f"Produced by `dvc repro` (stage `report`) on: {report.machine()}.",
                  "Accuracies are on each dataset's official test split (10,000 images), scored by `evaluate@<exp>`;",
                  "the studies' numbers are what they report. `dvc metrics diff` compares `reports/metrics.json`.", ""]
-        headline_lines, headline_numbers = headline_section(args)
+        headline_lines, headline_numbers = headline_section(args, config.headline)
         lines += headline_lines
         for key, study in studies.items():
             lines += [f"## {study.title}", "", f"The study reports: {study.source}.", "",
@@ -218,7 +216,7 @@ if __name__ == "__main__":
                             ("eval", "artifacts/eval"), ("metrics", "artifacts/metrics"),
                             ("confusion", "artifacts/confusion"), ("gan", "artifacts/gan"),
                             ("sweeps", "artifacts/sweeps"), ("tune", "artifacts/tune"),
-                            ("ensembles", "artifacts/ensembles"),
+                            ("ensembles", "artifacts/ensembles"), ("report-params", "report.yaml"),
                             ("figures", "reports/figures (written)"), ("report", "reports/report.md (written)"),
                             ("headline", "reports/metrics.json (written)")):
         parser.add_argument(f"--{name}", type=Path, required=True, help=help_text)

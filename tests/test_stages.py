@@ -21,7 +21,7 @@ from conftest import ROOT, synthetic_arrays, write_idx_folder
 
 YAML_SAFE = YAML(typ="safe", pure=True)
 YAML_SAFE.sort_base_mapping_type_on_output = False  # keep params order: sources are tried in order
-PLUMBING = {"__init__", "cli", "params", "files"}  # shape no output; not listed as stage deps
+PLUMBING = {"__init__", "cli", "params", "schema", "files"}  # shape no output; not listed as stage deps
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
@@ -32,7 +32,10 @@ def stages(root: Path) -> list:
             {
                 "name": stage.name,
                 "cmd": stage.cmd,
-                "params": [key for d in stage.deps if isinstance(d, ParamsDependency) for key in d.params],
+                "params": [key for d in stage.deps if isinstance(d, ParamsDependency) and d.def_path == "params.yaml"
+                           for key in d.params],
+                "files": [str(d.def_path) for d in stage.deps if isinstance(d, ParamsDependency)
+                          and d.def_path != "params.yaml" and not d.params],  # whole other params files
                 "deps": [str(d.def_path) for d in stage.deps if not isinstance(d, ParamsDependency)],
                 "outs": [str(o.def_path) for o in stage.outs],
             }
@@ -99,19 +102,29 @@ def project(tmp_path_factory):
     headline = {"rows": {"toy pair": {"ensemble": "toy_pair", "value": "member_mean", "goal": 0.5, "study": None,
                                       "anchor": 0.9}},
                 "speed": "toy_mlp", "speed_goal": 10.0}
-    params["report"] = {"studies": {"toy": {"title": "Toy study", "source": "0.5 for the MLP", "curves": True, "rows": rows}},
-                        "headline": headline,
-                        "sanity": {"toy_s2_expand": "toy_mlp", "toy_s1_copies": "toy_synthetic"},
-                        "filters": "toy_synthetic", "confusion": ["toy_mlp", "toy_tuned"]}
+    report = {"studies": {"toy": {"title": "Toy study", "source": "0.5 for the MLP", "curves": True, "rows": rows}},
+              "headline": headline,
+              "sanity": {"toy_s2_expand": "toy_mlp", "toy_s1_copies": "toy_synthetic"},
+              "filters": "toy_synthetic", "confusion": ["toy_mlp", "toy_tuned"]}
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(params, f)
+    with open(root / "report.yaml", "w") as f:
+        YAML_SAFE.dump(report, f)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True, env=ENV)
     return root, params, stages(root)
 
 
 def run_stage(root: Path, stage: dict, params: dict) -> subprocess.CompletedProcess:
+    """Run one stage's command with params.yaml cut to its declared keys, and hide the other params
+    files (report.yaml) from every stage that does not declare them."""
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(only(params, stage["params"]), f)
+    for name in ("report.yaml",):
+        hidden = root / f".{name}.hidden"
+        if name in stage["files"] and hidden.exists():
+            hidden.rename(root / name)
+        elif name not in stage["files"] and (root / name).exists():
+            (root / name).rename(hidden)
     return subprocess.run(stage["cmd"], shell=True, cwd=root, env=ENV, capture_output=True, text=True)
 
 
