@@ -106,7 +106,7 @@ class DatasetDownload(Section):
 
 class DownloadSection(Section):
     timeout: PositiveFloat  # seconds allowed to each network attempt before the next source
-    datasets: dict[str, DatasetDownload]
+    datasets: dict[str, DatasetDownload]  # one download@<name> stage each
 
 
 # --- split ----------------------------------------------------------------------------------
@@ -128,9 +128,9 @@ class DatasetSplit(Section):
 
 
 class SplitSection(Section):
-    seed: NonNegativeInt
+    seed: NonNegativeInt  # seeds the stratified val draw and the subsets
     subsets: list[PositiveInt]  # nested class-balanced subsets of the train split
-    datasets: dict[str, DatasetSplit]
+    datasets: dict[str, DatasetSplit]  # one split@<name> stage each; test is always kept whole
 
 
 # --- preprocess -----------------------------------------------------------------------------
@@ -168,8 +168,8 @@ class View(Section):
     shear: Annotated[float, Field(ge=0, lt=90)] | None = None  # degrees, uniform in [-s, s]
     hflip: Fraction | None = None  # probability of a horizontal flip
     noise: NonNegativeFloat | None = None  # std of gaussian noise, pixel values (0..255)
-    elastic: Elastic | None = None
-    erasing: Erasing | None = None
+    elastic: Elastic | None = None  # random smooth displacement of every pixel
+    erasing: Erasing | None = None  # a random rectangle set to zero
     # outside the image after the affine warp: black (zeros, the default) or the nearest edge
     # pixel (Keras' fill_mode='nearest', what S2's ImageDataGenerator used)
     fill: Literal["zeros", "nearest"] | None = None
@@ -195,7 +195,7 @@ class Recipe(Section):
     copies: PositiveInt  # augmented images per source image per view
     balance: bool  # top up smaller classes (cycling their images) to the largest class's count
     originals: bool  # also write the source images, origin=real
-    seed: NonNegativeInt
+    seed: NonNegativeInt  # seeds every shard's generator
 
 
 class Build(Section):
@@ -204,8 +204,8 @@ class Build(Section):
 
 
 class AugmentSection(Section):
-    recipes: dict[str, Recipe]
-    builds: dict[str, Build]
+    recipes: dict[str, Recipe]  # name -> how to augment a split
+    builds: dict[str, Build]  # one augment@<name> stage each: a recipe applied to a dataset
 
     @model_validator(mode="after")
     def _known_recipes(self) -> AugmentSection:
@@ -219,6 +219,7 @@ class AugmentSection(Section):
 
 
 class Optimizer(Section):
+    # torch.optim's Adam, SGD, RMSprop, Adagrad, Adadelta, Adamax, NAdam
     name: Literal["adam", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam"]
     lr: PositiveFloat  # learning rate (the peak for onecycle)
     momentum: NonNegativeFloat  # sgd and rmsprop only
@@ -227,6 +228,7 @@ class Optimizer(Section):
 
 
 class Schedule(Section):
+    # constant lr, StepLR, CosineAnnealingLR, OneCycleLR or ReduceLROnPlateau on val loss
     name: Literal["constant", "step", "cosine", "onecycle", "plateau"]
     step_epochs: PositiveInt  # step: multiply the lr by gamma every this many epochs
     gamma: Annotated[float, Field(gt=0, lt=1)]  # step and plateau: lr factor
@@ -244,16 +246,16 @@ class Experiment(Section):
     val: str  # split of data/split/<dataset> scored after every epoch
     model: str  # a key of auglab.models.MODELS
     model_kwargs: dict[str, Any]  # constructor arguments of the model
-    optimizer: Optimizer
-    schedule: Schedule
-    epochs: PositiveInt
-    batch_size: PositiveInt
+    optimizer: Optimizer  # merged key by key over train.defaults.optimizer
+    schedule: Schedule  # merged key by key over train.defaults.schedule
+    epochs: PositiveInt  # passes over the training set
+    batch_size: PositiveInt  # images per step (the global batch under torchrun)
     l1: NonNegativeFloat  # L1 penalty on conv and dense weights
     l2: NonNegativeFloat  # L2 penalty on conv and dense weights
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)]  # cross-entropy target smoothing
     early_stopping: NonNegativeInt  # patience in epochs on val loss (restores the best); 0 = off
     augment: dict[str, View]  # on-the-fly views applied to each batch on the device; {} = none
-    seed: NonNegativeInt
+    seed: NonNegativeInt  # seeds init, dropout, batch order and on-the-fly augmentation
     device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when present
     precision: Literal["auto", "fp32", "bf16", "fp16"]  # auto: bf16 autocast where native
     channels_last: bool  # NHWC memory layout for convolutions
@@ -364,7 +366,7 @@ def gan_config(defaults: dict, entry: dict, where: str) -> GanConfig:
 class GanSection(Section):
     defaults: dict[str, Any]  # keys every build inherits unless it sets them itself
     builds: dict[str, dict[str, Any]]  # one gan@<name> stage each
-    score: GanScore
+    score: GanScore  # FID and CAS of the builds it lists
 
     @model_validator(mode="after")
     def _builds_validate(self) -> GanSection:
@@ -389,6 +391,7 @@ class Grid(Section):
     """S1's activation x optimizer grid: one grid@<activation>-<optimizer> stage per pair."""
 
     activations: Annotated[list[str], Field(min_length=1)]  # keys of auglab.models.ACTIVATIONS
+    # optimizer names, as train.defaults.optimizer.name
     optimizers: Annotated[list[Literal["adam", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam"]],
                           Field(min_length=1)]
     lr: dict[str, PositiveFloat]  # learning rate per optimizer
@@ -416,9 +419,9 @@ class SweepsSection(Section):
     """S1's one-change-at-a-time studies; every cell trains `base` (over train.defaults) with one change."""
 
     base: dict[str, Any]  # train keys over train.defaults, as a train.experiments entry
-    grid: Grid
+    grid: Grid  # activation x optimizer
     batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)]  # one batch@<size> stage each
-    regularization: Regularization
+    regularization: Regularization  # one weight penalty per cell
 
     @model_validator(mode="after")
     def _base_interpolated(self) -> SweepsSection:
@@ -430,10 +433,11 @@ class Dimension(Section):
     """One searched key of the experiment: a range (log-uniform with `log`) or a list of choices."""
 
     key: str  # dotted key inside the experiment entry, e.g. optimizer.lr or model_kwargs.dropout
-    low: float | None = None
-    high: float | None = None
+    low: float | None = None  # range: the smallest value drawn
+    high: float | None = None  # range: the largest value drawn
     log: bool = False  # draw the exponent uniformly
     integer: bool = False  # draw integers in [low, high]
+    # or: the values to choose from (categorical)
     choices: Annotated[list[str | bool | int | float], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
@@ -454,7 +458,7 @@ class TuneSection(Section):
 
     experiment: str  # a key of train.experiments; `dvc exp run -S` promotes the best values into it
     dataset: str  # the experiment's dataset and shards (dvc.yaml cannot read them through `experiment`)
-    shards: str
+    shards: str  # must match the experiment's (checked)
     budget: dict[str, Any]  # train keys over the experiment for every trial (a subset, fewer epochs)
     space: Annotated[dict[str, Dimension], Field(min_length=1)]  # name -> the key it sets and its range
     sampler: Literal["tpe", "random"]  # TPE (Bayesian) or random search
@@ -511,7 +515,7 @@ class ReportConfig(Section):
     """The whole of report.yaml: the tables, reference numbers and figures of stage report."""
 
     studies: dict[str, Study]  # one table each, in this order
-    headline: Headline
+    headline: Headline  # issue 8's table and the speed run
     sanity: dict[str, str]  # augment build -> experiment (trained on real data) that labels its images
     filters: str  # experiment whose first-layer filters and feature maps are drawn
     confusion: list[str]  # experiments whose confusion matrices are drawn
