@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, synthetic_arrays, write_idx_folder
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 from ruamel.yaml import YAML
-
-from conftest import ROOT, synthetic_arrays, write_idx_folder
 
 YAML_SAFE = YAML(typ="safe", pure=True)
 YAML_SAFE.sort_base_mapping_type_on_output = False  # keep params order: sources are tried in order
@@ -125,7 +124,7 @@ def run_stage(root: Path, stage: dict, params: dict) -> subprocess.CompletedProc
             hidden.rename(root / name)
         elif name not in stage["files"] and (root / name).exists():
             (root / name).rename(hidden)
-    return subprocess.run(stage["cmd"], shell=True, cwd=root, env=ENV, capture_output=True, text=True)
+    return subprocess.run(stage["cmd"], shell=True, cwd=root, env=ENV, capture_output=True, text=True, check=False)
 
 
 @pytest.mark.slow  # stage scripts as subprocesses
@@ -282,13 +281,13 @@ def test_unknown_dataset_and_bad_params_messages(project):
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(params, f)
     done = subprocess.run([sys.executable, "stages/split.py", "--dataset", "nope", "--raw", "x", "--out", "y"],
-                          cwd=root, capture_output=True, text=True, env=ENV)
+                          cwd=root, capture_output=True, text=True, env=ENV, check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: split.datasets.nope: missing required key; present: toy"
     broken = dict(params, preprocess={"pad_to": "32"})
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(broken, f)
     done = subprocess.run([sys.executable, "stages/preprocess.py", "--splits", "data/split/toy", "--out", "o.json"],
-                          cwd=root, capture_output=True, text=True, env=ENV)
+                          cwd=root, capture_output=True, text=True, env=ENV, check=False)
     assert done.returncode == 1 and done.stderr.strip() == "error: preprocess.pad_to: expected int, got '32'"
     assert not (root / "o.json").exists()
