@@ -68,7 +68,7 @@ def test_no_yaml_anchors(name):
     the anchored mapping every alias shares (test_yaml_anchor_spreads_an_override_to_every_alias)."""
     events = YAML().parse((ROOT / name).read_text())
     aliased = [e for e in events if isinstance(e, AliasEvent) or getattr(e, "anchor", None)]
-    assert not aliased, f"{name}: YAML anchors or aliases at {[str(e.start_mark) for e in aliased]}"
+    assert not aliased, f"{name}: YAML anchors or aliases on lines {[e.start_mark.line + 1 for e in aliased]}"
 
 
 def set_params(path, *overrides):
