@@ -35,6 +35,7 @@ from auglab.schema import (  # noqa: F401  (re-exported: the types callers name 
     describe,
     experiment,
     gan_config,
+    member,
 )
 
 
@@ -125,10 +126,15 @@ def load_key(path: Path, dotted: str) -> Any:
 
 
 def load_experiment(path: Path, group: str, name: str) -> Experiment:
-    """train.<group>.<name> merged over train.defaults, validated (what train stages declare)."""
+    """train.<group>.<name> merged over train.defaults, validated (what train stages declare); a
+    member (group `members`) over its recipe too, reading only that recipe, as member@ declares."""
     defaults = load_key(path, "train.defaults")
     entry = load_key(path, f"train.{group}.{name}")
-    return experiment(defaults, entry, f"train.{group}.{name}")
+    if group != "members":
+        return experiment(defaults, entry, f"train.{group}.{name}")
+    recipe = entry.get("recipe") if isinstance(entry, dict) else None
+    recipes = {recipe: load_key(path, f"train.recipes.{recipe}")} if isinstance(recipe, str) else {}
+    return member(defaults, recipes, entry, f"train.members.{name}")
 
 
 def check(path: Path) -> None:

@@ -2,8 +2,9 @@
 
 Every model rejects missing, unknown and mistyped keys (strict types: `'64'` is not an int), and
 ParamsError messages name the field path and what was expected, e.g. `split.seed: expected int,
-got '3'`. Entries that inherit defaults (train experiments, GAN builds) are merged here too, since
-what an experiment *is* is its entry over train.defaults. Reading files is auglab/params.py's job.
+got '3'`. Entries that inherit defaults (train experiments and members, GAN builds) are merged here
+too, since what an experiment *is* is its entry over train.defaults (a member's: over its recipe
+too). Reading files is auglab/params.py's job.
 
 Over 400 lines on purpose: it is the reference of every key, in params.yaml's order, with its
 type, range and meaning; split by section it would scatter what one reader looks up together.
@@ -299,10 +300,55 @@ def experiment(defaults: dict, entry: dict, where: str) -> Experiment:
     return merged(Experiment, defaults, entry, where, INTERPOLATED)
 
 
+def _sets(entry: Any, loc: tuple) -> bool:
+    """Whether `entry` itself holds the value at pydantic location `loc` (keys and list indexes)."""
+    for part in loc:
+        try:
+            entry = entry[part]
+        except (KeyError, IndexError, TypeError):  # not there, or a scalar
+            return False
+    return True
+
+
+MEMBER_KEYS = ("recipe", "dataset", "shards")  # member@ in dvc.yaml reads these from each member entry
+
+
+def member(defaults: dict, recipes: dict[str, Any], entry: dict, where: str) -> Experiment:
+    """A train.members entry: train.defaults <- its recipe <- its own keys (deep merges), validated.
+    An error in a key only the recipe sets names the recipe's path (train.recipes.<recipe>.<key>)."""
+    if not isinstance(entry, dict):
+        raise ParamsError(f"{where}: expected mapping, got {entry!r}")
+    missing = [key for key in MEMBER_KEYS if key not in entry]
+    if missing:
+        raise ParamsError(f"{where}.{missing[0]}: missing required key (dvc.yaml reads it from the entry)")
+    name = entry["recipe"]
+    if not isinstance(name, str) or name not in recipes:
+        raise ParamsError(f"{where}.recipe: unknown recipe {name!r}; known: {', '.join(recipes) or '(none)'}")
+    recipe, recipe_where = recipes[name], f"train.recipes.{name}"
+    if not isinstance(recipe, dict):
+        raise ParamsError(f"{recipe_where}: expected mapping, got {recipe!r}")
+    placed = [key for key in MEMBER_KEYS if key in recipe]
+    if placed:
+        raise ParamsError(f"{recipe_where}.{placed[0]}: set it in each member (dvc.yaml reads it from the member entry)")
+    own = {key: value for key, value in entry.items() if key != "recipe"}
+    try:
+        run = Experiment.model_validate(deep_merge(deep_merge(defaults, recipe), own))
+    except ValidationError as e:
+        raise ParamsError("; ".join(
+            describe(err, recipe_where if _sets(recipe, err["loc"]) and not _sets(own, err["loc"]) else where)
+            for err in e.errors())) from None
+    if run.init is not None:
+        raise ParamsError(f"{where if 'init' in own else recipe_where}.init: finetune entries set init, members do not")
+    return run
+
+
 class TrainSection(Section):
     defaults: dict[str, Any]  # keys every experiment inherits unless it sets them itself
     experiments: dict[str, dict[str, Any]]  # one train@<name> stage each
     finetune: dict[str, dict[str, Any]]  # one finetune@<name> stage each; these set `init`
+    recipes: dict[str, dict[str, Any]]  # keys several members share (over train.defaults), written once
+    # one member@<name> stage each: {recipe, dataset, shards, and what differs (seed)} over its recipe
+    members: dict[str, dict[str, Any]]
 
     @model_validator(mode="after")
     def _experiments_validate(self) -> TrainSection:
@@ -315,6 +361,11 @@ class TrainSection(Section):
                     raise ValueError(f"{group}.{name}.init: finetune entries set init, experiments do not")
                 if run.init is not None and run.init not in self.experiments:
                     raise ValueError(f"{group}.{name}.init: no experiment {run.init!r}")
+        for name, entry in self.members.items():
+            member(self.defaults, self.recipes, entry, f"train.members.{name}")
+            taken = next((group for group in ("experiments", "finetune") if name in getattr(self, group)), None)
+            if taken:  # both would write artifacts/models/<name>
+                raise ParamsError(f"train.members.{name}: train.{taken}.{name} has this name; expected another")
         return self
 
 
@@ -477,7 +528,8 @@ class TuneSection(Section):
 
 class EnsembleConfig(Section):
     dataset: str  # a key of split.datasets; every member must be trained on it
-    members: Annotated[list[str], Field(min_length=1)]  # train experiments whose test logits are averaged
+    # train experiments or members (artifacts/models/<name>) whose test logits are averaged
+    members: Annotated[list[str], Field(min_length=1)]
     flips: bool  # also average each member's logits of the mirrored images (Fashion-MNIST, not digits)
 
 
@@ -485,7 +537,7 @@ class EnsembleConfig(Section):
 
 
 class StudyRow(Section):
-    experiment: str  # a key of train.experiments or train.finetune
+    experiment: str  # a key of train.experiments, train.finetune or train.members
     reported: float | None  # the study's own test accuracy for this row; null if it reports none
     why: str | None = None  # one line the report shows when the row is below the study's number
 
