@@ -81,6 +81,8 @@ def project(tmp_path_factory):
         "toy_tuned": {"dataset": "toy", "shards": "split/toy", "train": ["train_10"], "init": "toy_mlp",
                       "freeze": True, **mlp},
     }
+    params["train"]["recipes"] = {"toy_mlp": {"train": ["train_20"], **mlp}}
+    params["train"]["members"] = {"toy_seed_1": {"recipe": "toy_mlp", "dataset": "toy", "shards": "split/toy", "seed": 1}}
     params["gan"]["defaults"].update(steps=12, batch_size=16, log_every=5, checkpoint_every=5, samples_per_class=40)
     params["gan"]["builds"] = {"toy": {"dataset": "toy"}}
     params["gan"]["score"]["classifier"]["epochs"] = 1
@@ -133,8 +135,9 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     assert [s["name"] for s in found] == [
         "download@toy", "split@toy", "preprocess@toy",
         "augment@toy_s2_expand", "augment@toy_s1_copies", "augment@toy_s0_light",
-        "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned",
-        "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "ensemble@toy_pair", "gan@toy",
+        "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned", "member@toy_seed_1",
+        "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "evaluate_member@toy_seed_1",
+        "ensemble@toy_pair", "gan@toy",
         "gan_sample@toy", "gan_score@toy", "grid@relu-adam", "grid@relu-sgd", "grid@tanh-adam", "grid@tanh-sgd",
         "batch@8", "batch@32",
         "regularize@none", "regularize@l2", "tune", "report",
@@ -152,6 +155,9 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     metrics = json.loads((root / "artifacts/models/toy_tuned/live/metrics.json").read_text())
     assert metrics["epochs_run"] == 2 and 0 <= metrics["val"]["acc"] <= 1
     assert not (root / "artifacts/checkpoints/toy_mlp.pt").exists()  # removed once finished
+    seeded = torch.load(root / "artifacts/models/toy_seed_1/model.pt", weights_only=True)  # the recipe's MLP
+    assert seeded["name"] == "mlp" and seeded["kwargs"]["hidden"] == [16]
+    assert json.loads((root / "artifacts/metrics/toy_seed_1.json").read_text())["images"] == 50
     model = torch.load(root / "artifacts/models/toy_synthetic/model.pt", weights_only=True)
     assert model["name"] == "lenet5" and model["image_size"] == 32 and model["dataset"] == "toy"
     scored = json.loads((root / "artifacts/metrics/toy_synthetic.json").read_text())
