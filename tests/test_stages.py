@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import torch
 from conftest import ROOT, synthetic_arrays, write_idx_folder
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
+from dvc.utils.hydra import apply_overrides
 from ruamel.yaml import YAML
 
 YAML_SAFE = YAML(typ="safe", pure=True)
@@ -256,6 +258,46 @@ def test_stage_deps_list_every_module_the_stage_imports():
         needed = {f"auglab/{m}.py" for m in imported_modules(ROOT / script) - PLUMBING}
         listed = {d for d in stage["deps"] if d.startswith("auglab/")}
         assert needed == listed, f"{stage['name']}: imports {sorted(needed)}, dvc.yaml lists {sorted(listed)}"
+
+
+def test_recipe_change_marks_its_members_stages_changed(tmp_path, monkeypatch):
+    """In a git + DVC copy of this checkout, with the headline members and one other MNIST experiment
+    recorded in dvc.lock (dummy outputs, no training): `dvc exp run -S` on the recipe leaves all
+    three member@ stages changed and nothing else; on one member's seed, that member alone."""
+    spec = importlib.util.spec_from_file_location("tour", ROOT / "ci/tour.py")  # a script, not a package
+    tour = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tour)
+    tour.clone(ROOT, tmp_path)
+    monkeypatch.chdir(tmp_path)  # DVC finds a target stage's dvc.yaml from the working directory
+    members = [f"member@headline_mnist_{seed}" for seed in range(3)]
+    recorded = [*members, "train@speed_mnist"]
+    for path in ("data/split/mnist/manifest.json", "data/preprocessed/mnist.json"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("{}")
+    for name in (stage.partition("@")[2] for stage in recorded):
+        for path in ("model.pt", "live/metrics.json", "live/plots/metrics/acc.tsv"):
+            (tmp_path / "artifacts/models" / name / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "artifacts/models" / name / path).write_text(name)
+    with Repo(str(tmp_path)) as repo:
+        for stage in recorded:
+            repo.commit(stage, force=True)
+        assert repo.status(targets=recorded) == {}
+
+    def status_after(*overrides: str) -> dict:
+        (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+        apply_overrides(tmp_path / "params.yaml", list(overrides))  # what `dvc exp run -S` does first
+        with Repo(str(tmp_path)) as repo:
+            return repo.status(targets=recorded)
+
+    def changed(key: str) -> list:
+        return [{"changed deps": {"params.yaml": {key: "modified"}}}]
+
+    assert status_after("train.recipes.headline_mnist.epochs=20") == {
+        stage: changed("train.recipes.headline_mnist") for stage in members}
+    assert status_after("train.members.headline_mnist_1.seed=7") == {
+        "member@headline_mnist_1": changed("train.members.headline_mnist_1")}
+    assert status_after("train.experiments.speed_mnist.epochs=3") == {
+        "train@speed_mnist": changed("train.experiments.speed_mnist")}
 
 
 def tree_digest(path: Path) -> dict[str, str]:
