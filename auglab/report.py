@@ -1,26 +1,45 @@
-"""The report: one table per study (our test numbers beside the study's own), GAN quality,
-augmentation sanity, timing, and the figures behind them. Everything here takes loaded numbers
-and paths and returns Markdown or writes PNGs; stages/report.py gathers the inputs.
+"""The report: one table per study (our test numbers beside the study's own), the headline
+results, S1's sweeps and the Optuna search, GAN quality, augmentation sanity, confusion matrices,
+first-layer filters and timing. `build` reads the stages' outputs, draws the figures
+(auglab/report_figures.py) and returns the Markdown lines and the numbers `dvc metrics diff`
+compares; stages/report.py only writes them.
 """
 
 from __future__ import annotations
 
-import csv
+import json
 import math
 import platform
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
-from torch import nn
 
-from auglab import preprocess, train
-from auglab.files import save_figure
-from auglab.params import Study
+from auglab import evaluate, report_figures, shards, train
+from auglab.schema import Build, Headline, ReportConfig, ScoreBuild, Study, SweepsSection
 
 FULL_COLUMNS = ("accuracy", "loss", "precision", "recall", "f1")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The folders the report reads: the outputs of every stage before it."""
+
+    splits: Path  # data/split
+    augmented: Path  # data/augmented
+    models: Path  # artifacts/models
+    eval: Path  # artifacts/eval
+    metrics: Path  # artifacts/metrics
+    confusion: Path  # artifacts/confusion
+    gan: Path  # artifacts/gan
+    sweeps: Path  # artifacts/sweeps
+    tune: Path  # artifacts/tune
+    ensembles: Path  # artifacts/ensembles
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 def number(value: float | None, digits: int = 4) -> str:
@@ -61,78 +80,6 @@ def study_table(study: Study, scores: dict[str, dict], train: dict[str, dict]) -
                   "study", "ours - study", "verdict"], rows)
 
 
-def save(figure: Figure, path: Path) -> None:
-    figure.tight_layout()
-    save_figure(figure, path, dpi=100)
-
-
-def read_tsv(path: Path) -> tuple[list[int], list[float]]:
-    with open(path) as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    value = next(key for key in rows[0] if key not in ("step", "timestamp"))
-    return [int(r["step"]) + 1 for r in rows], [float(r[value]) for r in rows]
-
-
-def curves(path: Path, live: dict[str, Path], title: str) -> None:
-    """Train (dashed) and val (solid) loss per epoch of each labelled DVCLive directory."""
-    figure = Figure(figsize=(7, 3.5))
-    axis = figure.subplots()
-    for index, (label, folder) in enumerate(live.items()):
-        color = f"C{index}"
-        for split, style in (("train", "--"), ("val", "-")):
-            epochs, values = read_tsv(folder / "plots/metrics" / split / "loss.tsv")
-            axis.plot(epochs, values, style, color=color, label=f"{label} ({split})")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("loss")
-    axis.set_title(title, fontsize=9)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    save(figure, path)
-
-
-def confusion(path: Path, rows_csv: Path, class_names: list[str], title: str) -> np.ndarray:
-    """Heat map of a confusion rows CSV (actual,predicted class names); returns the matrix."""
-    index = {name: i for i, name in enumerate(class_names)}
-    matrix = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
-    with open(rows_csv) as f:
-        for row in csv.DictReader(f):
-            matrix[index[row["actual"]], index[row["predicted"]]] += 1
-    figure = Figure(figsize=(5, 4.5))
-    axis = figure.subplots()
-    axis.imshow(matrix, cmap="Blues")
-    for (i, j), count in np.ndenumerate(matrix):
-        axis.text(j, i, str(count), ha="center", va="center", fontsize=6,
-                  color="white" if count > matrix.max() / 2 else "black")
-    axis.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=6)
-    axis.set_yticks(range(len(class_names)), class_names, fontsize=6)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("actual")
-    axis.set_title(title, fontsize=9)
-    save(figure, path)
-    return matrix
-
-
-@torch.no_grad()
-def filters_and_maps(path: Path, model: nn.Module, image: np.ndarray, mean: float, std: float, title: str) -> int:
-    """The first convolution's filters (top) and its feature maps of one image (bottom);
-    returns the number of filters drawn."""
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    weights = conv.weight.detach().float().cpu()[:, 0]
-    x = preprocess.to_input(torch.from_numpy(image)[None, None], mean, std, model.image_size)
-    maps = conv(x.to(conv.weight.device, conv.weight.dtype)).float().cpu()[0]
-    count = min(16, len(weights))
-    figure = Figure(figsize=(count * 0.7, 2.0))
-    axes = figure.subplots(2, count, squeeze=False)
-    for k in range(count):
-        axes[0, k].imshow(weights[k], cmap="gray")
-        axes[1, k].imshow(maps[k], cmap="viridis")
-        axes[0, k].set_axis_off()
-        axes[1, k].set_axis_off()
-    figure.suptitle(title, fontsize=8)
-    save(figure, path)
-    return count
-
-
 def machine() -> str:
     """The host in one line, with the CPU's vector capability: `precision: auto` trains in bf16
     only where the CPU has native bf16 (AVX-512 bf16), else in fp32, which moves the numbers."""
@@ -169,38 +116,219 @@ def grid_table(cells: dict[tuple[str, str], dict], activations: list[str], optim
     return table(["activation \\ optimizer", *optimizers], rows)
 
 
-def grid_heatmap(path: Path, cells: dict[tuple[str, str], dict], activations: list[str], optimizers: list[str],
-                 title: str) -> None:
-    """Test accuracy per (activation, optimizer), the best pair on val outlined."""
-    values = np.array([[cells[a, o]["test_accuracy"] for o in optimizers] for a in activations])
-    figure = Figure(figsize=(1.0 + 0.9 * len(optimizers), 1.2 + 0.5 * len(activations)))
-    axis = figure.subplots()
-    image = axis.imshow(values, cmap="viridis")
-    for (i, j), value in np.ndenumerate(values):
-        axis.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7,
-                  color="black" if value > values.min() + 0.6 * (values.max() - values.min()) else "white")
-    best = best_cell(cells)
-    row, column = activations.index(best[0]), optimizers.index(best[1])
-    axis.add_patch(Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    axis.set_xticks(range(len(optimizers)), optimizers, rotation=45, fontsize=7)
-    axis.set_yticks(range(len(activations)), activations, fontsize=7)
-    axis.set_title(title, fontsize=9)
-    figure.colorbar(image, ax=axis, fraction=0.04)
-    save(figure, path)
+
+def sweeps_section(inputs: Inputs, sweeps: SweepsSection, figures: Path) -> tuple[list[str], dict]:
+    """S1's grid, batch-size and regularization tables and the Optuna search: Markdown and headline."""
+    activations, optimizers = sweeps.grid.activations, sweeps.grid.optimizers
+    grid = {(a, o): read_json(inputs.sweeps / "grid" / f"{a}-{o}.json") for a in activations for o in optimizers}
+    batch = {size: read_json(inputs.sweeps / "batch" / f"{size}.json") for size in sweeps.batch_sizes}
+    penalties = {name: read_json(inputs.sweeps / "regularize" / f"{name}.json")
+                 for name in sweeps.regularization.penalties}
+    tuned = read_json(inputs.tune / "best.json")
+    base = sweeps.base
+    setting = (f"`{base['model']}` on `{', '.join(base['train'])}` of {base['dataset']} (sweeps.base over "
+               f"train.defaults), scored on the official test split")
+    epochs = f"{base['epochs']} epochs" if "epochs" in base else "the default epochs"
+    best = best_cell(grid)
+    report_figures.grid_heatmap(figures / "sweep_grid.png", grid, activations, optimizers, best,
+                                "S1 grid: test accuracy per activation x optimizer (best on val outlined)")
+    report_figures.batch_plot(figures / "sweep_batch.png", batch, "S1 batch size: seconds per epoch and val accuracy")
+    shutil.copy(inputs.tune / "history.png", figures / "tune_history.png")
+    grid_seconds = sum(c["train_seconds"] for c in grid.values())
+    lines = [
+        "## S1 sweeps: activation x optimizer", "",
+        f"Each cell: {setting}, {epochs}. Cells read `test accuracy / val loss`; the pair with the best val accuracy",
+        (f"is in bold ({best[0]} + {best[1]}: val {grid[best]['val_accuracy']:.4f}, "
+         f"test {grid[best]['test_accuracy']:.4f})."),
+        "S1 shows this table for its own runs without",
+        "a headline number; its best models (S1 table above: 0.9205 final, 0.9165 fan-out) are the reference,",
+        ("reached with all 48,000 images and more epochs. Learning rate per optimizer: "
+         + ", ".join(f"{o} {sweeps.grid.lr[o]:g}" for o in optimizers)
+         + f". Training time of the grid: {grid_seconds:.0f} s."),
+        "", grid_table(grid, activations, optimizers), "", "![S1 grid](figures/sweep_grid.png)", "",
+        "## S1 sweeps: batch size", "", f"Each cell: {setting}, {epochs}.", "",
+        table(["batch size", "s / epoch", "img/s", "val acc", "val loss", "test acc"],
+              [[str(size), f"{c['seconds_per_epoch']:.1f}", f"{c['img_per_s']:,}", number(c["val_accuracy"]),
+                number(c["val_loss"]), number(c["test_accuracy"])] for size, c in batch.items()]),
+        "", "![S1 batch size](figures/sweep_batch.png)", "",
+        "## S1 sweeps: regularization", "",
+        (f"Each cell: {setting}, up to {sweeps.regularization.epochs} epochs with early stopping after "
+         f"{sweeps.regularization.early_stopping} epochs without a better val loss (the best epoch's weights are kept)."),
+        "Epochs to converge: the epoch of the lowest val loss.", "",
+        table(["penalty", "L1", "L2", "test acc", "val loss", "epochs to converge", "epochs run"],
+              [[name, f"{c['changed']['l1']:g}", f"{c['changed']['l2']:g}", number(c["test_accuracy"]),
+                number(c["val_loss"]), str(c["best_epoch"]), str(c["epochs_run"])]
+               for name, c in penalties.items()]), "",
+        "## Bayesian search (Optuna)", "",
+        (f"{tuned['sampler'].upper()} sampler, seed {tuned['seed']}, median pruner on val accuracy per epoch, over "
+         f"`{tuned['experiment']}` with `tune.budget`; {tuned['trials']} trials, {tuned['completed']} completed, "
+         f"{tuned['pruned']} pruned."), "",
+        table(["run", "val acc"], [["the experiment's own values", number(tuned["baseline_val_accuracy"])],
+                                   [f"best trial ({tuned['best_trial']})", number(tuned["best_val_accuracy"])]]),
+        "", ("Best values: " + ", ".join(f"`{k}` = {v:.6g}" if isinstance(v, float) else f"`{k}` = {v}"
+                                         for k, v in tuned["best"].items()) + ". Promote them with:"), "",
+        f"    {tuned['promote']}", "", "![tune history](figures/tune_history.png)", ""]
+    headline = {"grid_best_accuracy": grid[best]["test_accuracy"],
+                "batch_val_accuracy": {str(size): c["val_accuracy"] for size, c in batch.items()},
+                "regularization_accuracy": {name: c["test_accuracy"] for name, c in penalties.items()},
+                "tune": {"best_val_accuracy": tuned["best_val_accuracy"],
+                         "baseline_val_accuracy": tuned["baseline_val_accuracy"]}}
+    return lines, headline
 
 
-def batch_plot(path: Path, cells: dict[int, dict], title: str) -> None:
-    """Seconds per epoch (bars, left axis) and val accuracy (line, right axis) per batch size."""
-    sizes = sorted(cells)
-    figure = Figure(figsize=(6, 3.2))
-    axis = figure.subplots()
-    positions = range(len(sizes))
-    axis.bar(positions, [cells[s]["seconds_per_epoch"] for s in sizes], color="C0", alpha=0.6)
-    axis.set_xticks(positions, [str(s) for s in sizes])
-    axis.set_xlabel("batch size")
-    axis.set_ylabel("seconds per epoch", color="C0")
-    other = axis.twinx()
-    other.plot(positions, [cells[s]["val_accuracy"] for s in sizes], "o-", color="C3")
-    other.set_ylabel("val accuracy", color="C3")
-    axis.set_title(title, fontsize=9)
-    save(figure, path)
+# --- the document ------------------------------------------------------------------------------
+
+
+def headline_section(inputs: Inputs, config: Headline) -> tuple[list[str], dict]:
+    """Issue 8's table: our best single model, ensemble and Fashion-MNIST model beside the goals,
+    the studies' best and the best published numbers; the speed run's time to 99 %."""
+    rows, numbers = [], {}
+    for label, row in config.rows.items():
+        found = read_json(inputs.ensembles / f"{row.ensemble}.json")
+        ours = found[row.value]
+        spread = (f"+- {found['member_std']:.4f} ({found['member_min']:.4f} - {found['member_max']:.4f})"
+                  if row.value == "member_mean" and len(found["members"]) > 1 else "-")
+        rows.append([label, f"`{row.ensemble}`", number(ours), spread, f"{row.goal:g}",
+                     "met" if ours >= row.goal else "not met", f"{row.study:g}" if row.study is not None else "-",
+                     f"{row.anchor:g}", f"{found['total_train_minutes']:.1f}"])
+        numbers[label] = ours
+    speed = read_json(inputs.metrics / f"{config.speed}.json")
+    trained = read_json(inputs.models / config.speed / "live/metrics.json")
+    seconds, reached = trained.get("train_seconds", 0.0), speed["accuracy"] >= 0.99
+    numbers["speed_train_seconds"], numbers["speed_accuracy"] = seconds, speed["accuracy"]
+    lines = ["## Headline results", "",
+             "Test accuracy on the official 10,000 test images. Single model: the mean of the ensemble's members",
+             "(different seeds of one recipe), with their spread; ensemble: the members' averaged logits;",
+             "Fashion-MNIST adds the logits of the mirrored image. Cost: the members' training minutes on this machine.",
+             "", table(["row", "ensemble", "ours", "spread (std, min - max)", "goal", "goal met", "studies' best",
+                        "published", "train min"], rows), "",
+             f"Speed: `{config.speed}` reaches {speed['accuracy']:.4f} on MNIST test after {seconds:.1f} s of training "
+             f"({trained.get('epochs_run', '?')} epochs, evaluation excluded); "
+             + (f"time to 99 %: {seconds:.1f} s (goal <= {config.speed_goal:g} s, "
+                f"{'met' if seconds <= config.speed_goal else 'not met'})." if reached
+                else "it does not reach 99 %, so no time to 99 % is claimed."), ""]
+    return lines, numbers
+
+
+def studies_section(inputs: Inputs, studies: dict[str, Study], scores: dict[str, dict], trained: dict[str, dict],
+                    figures: Path) -> list[str]:
+    """One table per study, and the loss curves of the studies that ask for them."""
+    lines = []
+    for key, study in studies.items():
+        lines += [f"## {study.title}", "", f"The study reports: {study.source}.", "",
+                  study_table(study, scores, trained), ""]
+        if study.curves:
+            name = f"{key}_curves.png"
+            report_figures.curves(figures / name, {label: inputs.models / row.experiment / "live"
+                                                   for label, row in study.rows.items()}, f"{study.title}: loss per epoch")
+            lines += [f"![{study.title} curves](figures/{name})", ""]
+    return lines
+
+
+def gan_section(inputs: Inputs, gan: dict[str, dict], figures: Path) -> list[str]:
+    """FID and CAS per GAN build, with each build's sample grid and loss curves."""
+    lines = ["## GAN samples", "",
+             "FID: 10,000 samples vs the 10,000 real test images in the penultimate features of `extractor`",
+             "(floor: the same distance for 10,000 real train images). CAS: LeNet-5 trained on GAN samples only,",
+             "tested on the real test set, beside the same classifier trained on the real train split.", "",
+             table(["build", "FID", "FID floor", "extractor", "CAS", "real", "real - CAS", "kept draws", "GAN s"],
+                   [[b, number(g["fid"], 2), number(g["fid_real_train"], 2), f"`{g['extractor']}`",
+                     number(g["cas"]), number(g["real_accuracy"]), number(g["cas_gap"]),
+                     f"{g['acceptance']:.1%}", f"{g['seconds']:.0f}"] for b, g in gan.items()]), ""]
+    for name in gan:
+        for picture in ("grid", "losses"):
+            shutil.copy(inputs.gan / name / f"{picture}.png", figures / f"gan_{name}_{picture}.png")
+            lines += [f"![GAN {name} {picture}](figures/gan_{name}_{picture}.png)", ""]
+    return lines
+
+
+def sanity(inputs: Inputs, builds: dict[str, Build], models: dict[str, str], device: torch.device) -> list[dict]:
+    """Label-preservation rate per augment build: accuracy of a real-data model on its images."""
+    rows = []
+    for build, experiment in models.items():
+        dataset, recipe = builds[build].dataset, builds[build].recipe
+        images = shards.read_split(inputs.augmented / dataset / recipe, recipe)
+        model, saved = train.load_model(inputs.models / experiment / "model.pt", device)
+        found = evaluate.predict(model, images.images, images.labels, saved["mean"], saved["std"])
+        rows.append({"build": build, "recipe": recipe, "experiment": experiment, "images": len(images),
+                     "rate": float((found.predicted == images.labels).mean())})
+    return rows
+
+
+def sanity_section(inputs: Inputs, checks: list[dict], builds: dict[str, Build], figures: Path) -> list[str]:
+    """The label-preservation table and each build's grid of augmented images."""
+    lines = ["## Augmentation sanity: could this augmented image be a real test image?", "",
+             "The label-preservation rate: accuracy of a model trained on real images only, on each recipe's",
+             "augmented images against their labels (S3's question, answered by a classifier).", "",
+             table(["build", "images", "scored by", "label-preservation rate"],
+                   [[c["build"], f"{c['images']:,}", f"`{c['experiment']}`", f"{c['rate']:.4f}"] for c in checks]), ""]
+    for c in checks:
+        dataset = builds[c["build"]].dataset
+        shutil.copy(inputs.augmented / dataset / f"{c['recipe']}.png", figures / f"augment_{c['build']}.png")
+        lines += [f"![{c['build']}](figures/augment_{c['build']}.png)", ""]
+    return lines
+
+
+def confusion_section(inputs: Inputs, names: list[str], device: torch.device, figures: Path) -> list[str]:
+    """Each listed experiment's test confusion matrix and its misclassified images."""
+    lines = ["## Confusion matrices and misclassified images", ""]
+    for name in names:
+        class_names = train.load_model(inputs.models / name / "model.pt", device)[1]["class_names"]
+        report_figures.confusion(figures / f"confusion_{name}.png", inputs.confusion / f"{name}.csv", class_names,
+                                 f"{name}: test confusion matrix")
+        shutil.copy(inputs.eval / name / "misclassified.png", figures / f"misclassified_{name}.png")
+        lines += [f"![{name} confusion](figures/confusion_{name}.png)",
+                  f"![{name} misclassified](figures/misclassified_{name}.png)", ""]
+    return lines
+
+
+def filters_section(inputs: Inputs, experiment: str, device: torch.device, figures: Path) -> list[str]:
+    """The first convolution's filters of one experiment and their maps of the first test image."""
+    model, saved = train.load_model(inputs.models / experiment / "model.pt", device)
+    test = shards.read_split(inputs.splits / saved["dataset"], "test")
+    drawn = report_figures.filters_and_maps(figures / "filters.png", model, test.images[0], saved["mean"], saved["std"],
+                                            f"{experiment}: first-layer filters (top), their maps of test image 0")
+    return ["## First-layer filters and feature maps (S1)", "",
+            f"{drawn} filters of `{experiment}` and their responses to the first test image.", "",
+            "![filters](figures/filters.png)", ""]
+
+
+def build(inputs: Inputs, config: ReportConfig, builds: dict[str, Build], gan_builds: dict[str, ScoreBuild],
+          sweeps: SweepsSection, figures: Path) -> tuple[list[str], dict]:
+    """The whole report: its Markdown lines, and the numbers reports/metrics.json holds; figures
+    are drawn into `figures` (the linked `figures/` folder beside the Markdown)."""
+    device = train.choose_device("auto")
+    experiments = sorted({row.experiment for study in config.studies.values() for row in study.rows.values()}
+                         | set(config.confusion) | {config.filters})
+    scores = {name: read_json(inputs.metrics / f"{name}.json") for name in experiments}
+    trained = {name: read_json(inputs.models / name / "live/metrics.json") for name in experiments}
+    gan = {name: {**read_json(inputs.gan / name / "score.json"), **read_json(inputs.gan / name / "live/metrics.json"),
+                  **read_json(inputs.gan / name / "samples.json")} for name in gan_builds}
+    checks = sanity(inputs, builds, config.sanity, device)
+
+    lines = ["# auglab report", "",
+             f"Produced by `dvc repro` (stage `report`) on: {machine()}.",
+             "Accuracies are on each dataset's official test split (10,000 images), scored by `evaluate@<exp>`;",
+             "the studies' numbers are what they report. `dvc metrics diff` compares `reports/metrics.json`.", ""]
+    headline_lines, headline_numbers = headline_section(inputs, config.headline)
+    lines += headline_lines
+    lines += studies_section(inputs, config.studies, scores, trained, figures)
+    sweep_lines, sweep_headline = sweeps_section(inputs, sweeps, figures)
+    lines += sweep_lines
+    lines += gan_section(inputs, gan, figures)
+    lines += sanity_section(inputs, checks, builds, figures)
+    lines += confusion_section(inputs, config.confusion, device, figures)
+    lines += filters_section(inputs, config.filters, device, figures)
+    lines += ["## Timing", "", "Training seconds per experiment (epochs only) and per GAN build, from DVCLive.", "",
+              table(["stage", "seconds"], [[f"train@{n}", f"{trained[n].get('train_seconds', 0):.1f}"]
+                                           for n in experiments]
+                    + [[f"gan@{n}", f"{g['seconds']:.1f}"] for n, g in gan.items()]), ""]
+    numbers = {
+        "studies": {key: {row.experiment: scores[row.experiment]["accuracy"] for row in study.rows.values()}
+                    for key, study in config.studies.items()},
+        "gan": {name: {"fid": g["fid"], "cas": g["cas"], "real_accuracy": g["real_accuracy"]} for name, g in gan.items()},
+        "sanity": {c["build"]: round(c["rate"], 4) for c in checks},
+        "sweeps": sweep_headline,
+        "headline": headline_numbers,
+    }
+    return lines, numbers

@@ -10,7 +10,7 @@ up to date (`dvc repro -f` is not offered: it would retrain everything). Recordi
 shim first on PATH for the stage commands, which logs each process's start and end, and
 timestamps every output line; nothing in stages/ or auglab/ changes. The table then reads:
   - stage process wall and DVC's time between processes: the shim's log;
-  - learning: train_seconds of DVCLive summaries (train, finetune) and sweep cells, the GAN's
+  - learning: train_seconds of DVCLive summaries (train, finetune, member) and sweep cells, the GAN's
     `seconds`; elsewhere each "epoch k/n: ... X img/s" line after "on N images" counts N / X s
     (gan_score's CAS classifiers); tune logs no epochs: its trials (training and per-epoch val)
     count as learning, an upper bound;
@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LOGS = Path(".dvc/tmp/pipeline_cost")  # DVC's scratch space: ignored by git and DVC
 DATA_FAMILIES = {"download", "split", "preprocess", "augment"}
-LOG_AFTER_LOADING = {"train", "finetune", "grid", "batch", "regularize", "gan", "gan_score", "tune"}
+LOG_AFTER_LOADING = {"train", "finetune", "member", "grid", "batch", "regularize", "gan", "gan_score", "tune"}
 SHIM = """#!/bin/sh
 # bench/pipeline_cost.py: times each stage process `dvc repro` starts, then runs the real python
 start=$(date +%s.%N)
@@ -113,7 +113,7 @@ def logged_learning(stage: dict) -> float:
 def learning(root: Path, stage: dict) -> float | None:
     """Seconds of learning the stage's outputs record; None where they record none."""
     family, _, key = stage["name"].partition("@")
-    if family in ("train", "finetune"):
+    if family in ("train", "finetune", "member"):
         return json.loads((root / f"artifacts/models/{key}/live/metrics.json").read_text())["train_seconds"]
     if family in ("grid", "batch", "regularize"):
         return json.loads((root / f"artifacts/sweeps/{family}/{key}.json").read_text())["train_seconds"]

@@ -1,9 +1,12 @@
-"""Rewrite params.yaml in place into the CI profile: the real data stages, four experiments and
-one GAN cut to seconds of training, S1's sweeps cut to 2 x 2 + 2 + 2 one-epoch cells, a 3-trial
-search, one flip-averaged "ensemble", and the report restricted to what they produce.
+"""Rewrite params.yaml and the report.yaml beside it in place into the CI profile: the real data
+stages, four experiments (and no train.members) and one GAN cut to seconds of training, S1's
+sweeps cut to 2 x 2 + 2 + 2 one-epoch cells, a 3-trial search, one flip-averaged "ensemble", and
+the report restricted to what they produce.
 
 Round-trip YAML (comments kept, as `dvc exp run -S` keeps them). Used by ci/review.sh, which the
-GitHub workflow runs, and by tests/test_pipeline.py, so the workflow runs a tested profile.
+GitHub workflow runs, and by tests/test_pipeline.py, so the workflow runs a tested profile. A
+checkout from before report.yaml existed keeps its report as a params.yaml section; ci/review.sh
+profiles such a base too, so that section is shrunk the same way.
 Usage: python ci/profile.py params.yaml
 """
 
@@ -25,6 +28,8 @@ def shrink(data: dict) -> None:
                 entries[name].update(kept[name])
             else:
                 del entries[name]
+    if "members" in data["train"]:  # a base checkout from before train.members has none
+        data["train"]["members"] = {}  # the headline seeds: 15 epochs each, no CI-sized cut
     gan = data["gan"]
     gan["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "steps": 20}}
     gan["score"]["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "extractor": "s1_cnn_maxpool"}}
@@ -39,7 +44,9 @@ def shrink(data: dict) -> None:
         del sweeps["regularization"]["penalties"][name]
     data["tune"].update(trials=3, startup_trials=1, budget={"train": ["train_1000"], "epochs": 1})
     data["ensembles"] = {"fashion_headline": {"dataset": "fashion_mnist", "members": ["s1_cnn_maxpool"], "flips": True}}
-    report = data["report"]
+
+
+def shrink_report(report: dict) -> None:
     present = set(EXPERIMENTS) | set(FINETUNE)
     for key in list(report["studies"]):
         rows = report["studies"][key]["rows"]
@@ -60,7 +67,14 @@ def main(path: Path) -> None:
     yaml = YAML()
     data = yaml.load(path)
     shrink(data)
+    if "report" in data:  # a checkout from before report.yaml
+        shrink_report(data["report"])
     yaml.dump(data, path)
+    report_path = path.parent / "report.yaml"
+    if report_path.exists():
+        report = yaml.load(report_path)
+        shrink_report(report)
+        yaml.dump(report, report_path)
 
 
 if __name__ == "__main__":

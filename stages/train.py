@@ -1,4 +1,4 @@
-"""Stage train@<experiment> (and finetune@<experiment>): train one experiment on the device,
+"""Stage train@<experiment> (and finetune@<name>, member@<name>): train one experiment on the device,
 logging every epoch with DVCLive; write the model. A killed run resumes from its checkpoint.
 With the experiment's `nproc` > 1 the stage runs itself again under torchrun, one process per
 GPU (or gloo processes on CPU); started by torchrun already (multi-node), it joins as it is.
@@ -86,7 +86,7 @@ def run(args, experiment: params.Experiment, device: torch.device) -> None:
 
 if __name__ == "__main__":
     parser = cli.parser(__doc__)
-    parser.add_argument("--group", choices=("experiments", "finetune"), default="experiments")
+    parser.add_argument("--group", choices=("experiments", "finetune", "members"), default="experiments")
     parser.add_argument("--experiment", required=True, help="a key of train.<group>")
     parser.add_argument("--splits", type=Path, required=True, help="the dataset's split directory")
     parser.add_argument("--shards", type=Path, required=True, help="shard directory of the training splits")

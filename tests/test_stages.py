@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -13,15 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, synthetic_arrays, write_idx_folder
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
+from dvc.utils.hydra import apply_overrides
 from ruamel.yaml import YAML
-
-from conftest import ROOT, synthetic_arrays, write_idx_folder
 
 YAML_SAFE = YAML(typ="safe", pure=True)
 YAML_SAFE.sort_base_mapping_type_on_output = False  # keep params order: sources are tried in order
-PLUMBING = {"__init__", "cli", "params", "files"}  # shape no output; not listed as stage deps
+PLUMBING = {"__init__", "cli", "params", "schema", "files"}  # shape no output; not listed as stage deps
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
@@ -32,7 +33,10 @@ def stages(root: Path) -> list:
             {
                 "name": stage.name,
                 "cmd": stage.cmd,
-                "params": [key for d in stage.deps if isinstance(d, ParamsDependency) for key in d.params],
+                "params": [key for d in stage.deps if isinstance(d, ParamsDependency) and d.def_path == "params.yaml"
+                           for key in d.params],
+                "files": [str(d.def_path) for d in stage.deps if isinstance(d, ParamsDependency)
+                          and d.def_path != "params.yaml" and not d.params],  # whole other params files
                 "deps": [str(d.def_path) for d in stage.deps if not isinstance(d, ParamsDependency)],
                 "outs": [str(o.def_path) for o in stage.outs],
             }
@@ -79,6 +83,8 @@ def project(tmp_path_factory):
         "toy_tuned": {"dataset": "toy", "shards": "split/toy", "train": ["train_10"], "init": "toy_mlp",
                       "freeze": True, **mlp},
     }
+    params["train"]["recipes"] = {"toy_mlp": {"train": ["train_20"], **mlp}}
+    params["train"]["members"] = {"toy_seed_1": {"recipe": "toy_mlp", "dataset": "toy", "shards": "split/toy", "seed": 1}}
     params["gan"]["defaults"].update(steps=12, batch_size=16, log_every=5, checkpoint_every=5, samples_per_class=40)
     params["gan"]["builds"] = {"toy": {"dataset": "toy"}}
     params["gan"]["score"]["classifier"]["epochs"] = 1
@@ -99,20 +105,30 @@ def project(tmp_path_factory):
     headline = {"rows": {"toy pair": {"ensemble": "toy_pair", "value": "member_mean", "goal": 0.5, "study": None,
                                       "anchor": 0.9}},
                 "speed": "toy_mlp", "speed_goal": 10.0}
-    params["report"] = {"studies": {"toy": {"title": "Toy study", "source": "0.5 for the MLP", "curves": True, "rows": rows}},
-                        "headline": headline,
-                        "sanity": {"toy_s2_expand": "toy_mlp", "toy_s1_copies": "toy_synthetic"},
-                        "filters": "toy_synthetic", "confusion": ["toy_mlp", "toy_tuned"]}
+    report = {"studies": {"toy": {"title": "Toy study", "source": "0.5 for the MLP", "curves": True, "rows": rows}},
+              "headline": headline,
+              "sanity": {"toy_s2_expand": "toy_mlp", "toy_s1_copies": "toy_synthetic"},
+              "filters": "toy_synthetic", "confusion": ["toy_mlp", "toy_tuned"]}
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(params, f)
+    with open(root / "report.yaml", "w") as f:
+        YAML_SAFE.dump(report, f)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True, env=ENV)
     return root, params, stages(root)
 
 
 def run_stage(root: Path, stage: dict, params: dict) -> subprocess.CompletedProcess:
+    """Run one stage's command with params.yaml cut to its declared keys, and hide the other params
+    files (report.yaml) from every stage that does not declare them."""
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(only(params, stage["params"]), f)
-    return subprocess.run(stage["cmd"], shell=True, cwd=root, env=ENV, capture_output=True, text=True)
+    for name in ("report.yaml",):
+        hidden = root / f".{name}.hidden"
+        if name in stage["files"] and hidden.exists():
+            hidden.rename(root / name)
+        elif name not in stage["files"] and (root / name).exists():
+            (root / name).rename(hidden)
+    return subprocess.run(stage["cmd"], shell=True, cwd=root, env=ENV, capture_output=True, text=True, check=False)
 
 
 @pytest.mark.slow  # stage scripts as subprocesses
@@ -121,8 +137,9 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     assert [s["name"] for s in found] == [
         "download@toy", "split@toy", "preprocess@toy",
         "augment@toy_s2_expand", "augment@toy_s1_copies", "augment@toy_s0_light",
-        "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned",
-        "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "ensemble@toy_pair", "gan@toy",
+        "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned", "member@toy_seed_1",
+        "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "evaluate_member@toy_seed_1",
+        "ensemble@toy_pair", "gan@toy",
         "gan_sample@toy", "gan_score@toy", "grid@relu-adam", "grid@relu-sgd", "grid@tanh-adam", "grid@tanh-sgd",
         "batch@8", "batch@32",
         "regularize@none", "regularize@l2", "tune", "report",
@@ -140,6 +157,9 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     metrics = json.loads((root / "artifacts/models/toy_tuned/live/metrics.json").read_text())
     assert metrics["epochs_run"] == 2 and 0 <= metrics["val"]["acc"] <= 1
     assert not (root / "artifacts/checkpoints/toy_mlp.pt").exists()  # removed once finished
+    seeded = torch.load(root / "artifacts/models/toy_seed_1/model.pt", weights_only=True)  # the recipe's MLP
+    assert seeded["name"] == "mlp" and seeded["kwargs"]["hidden"] == [16]
+    assert json.loads((root / "artifacts/metrics/toy_seed_1.json").read_text())["images"] == 50
     model = torch.load(root / "artifacts/models/toy_synthetic/model.pt", weights_only=True)
     assert model["name"] == "lenet5" and model["image_size"] == 32 and model["dataset"] == "toy"
     scored = json.loads((root / "artifacts/metrics/toy_synthetic.json").read_text())
@@ -240,6 +260,46 @@ def test_stage_deps_list_every_module_the_stage_imports():
         assert needed == listed, f"{stage['name']}: imports {sorted(needed)}, dvc.yaml lists {sorted(listed)}"
 
 
+def test_recipe_change_marks_its_members_stages_changed(tmp_path, monkeypatch):
+    """In a git + DVC copy of this checkout, with the headline members and one other MNIST experiment
+    recorded in dvc.lock (dummy outputs, no training): `dvc exp run -S` on the recipe leaves all
+    three member@ stages changed and nothing else; on one member's seed, that member alone."""
+    spec = importlib.util.spec_from_file_location("tour", ROOT / "ci/tour.py")  # a script, not a package
+    tour = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tour)
+    tour.clone(ROOT, tmp_path)
+    monkeypatch.chdir(tmp_path)  # DVC finds a target stage's dvc.yaml from the working directory
+    members = [f"member@headline_mnist_{seed}" for seed in range(3)]
+    recorded = [*members, "train@speed_mnist"]
+    for path in ("data/split/mnist/manifest.json", "data/preprocessed/mnist.json"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("{}")
+    for name in (stage.partition("@")[2] for stage in recorded):
+        for path in ("model.pt", "live/metrics.json", "live/plots/metrics/acc.tsv"):
+            (tmp_path / "artifacts/models" / name / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "artifacts/models" / name / path).write_text(name)
+    with Repo(str(tmp_path)) as repo:
+        for stage in recorded:
+            repo.commit(stage, force=True)
+        assert repo.status(targets=recorded) == {}
+
+    def status_after(*overrides: str) -> dict:
+        (tmp_path / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
+        apply_overrides(tmp_path / "params.yaml", list(overrides))  # what `dvc exp run -S` does first
+        with Repo(str(tmp_path)) as repo:
+            return repo.status(targets=recorded)
+
+    def changed(key: str) -> list:
+        return [{"changed deps": {"params.yaml": {key: "modified"}}}]
+
+    assert status_after("train.recipes.headline_mnist.epochs=20") == {
+        stage: changed("train.recipes.headline_mnist") for stage in members}
+    assert status_after("train.members.headline_mnist_1.seed=7") == {
+        "member@headline_mnist_1": changed("train.members.headline_mnist_1")}
+    assert status_after("train.experiments.speed_mnist.epochs=3") == {
+        "train@speed_mnist": changed("train.experiments.speed_mnist")}
+
+
 def tree_digest(path: Path) -> dict[str, str]:
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(path.rglob("*")) if p.is_file()}
@@ -269,13 +329,13 @@ def test_unknown_dataset_and_bad_params_messages(project):
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(params, f)
     done = subprocess.run([sys.executable, "stages/split.py", "--dataset", "nope", "--raw", "x", "--out", "y"],
-                          cwd=root, capture_output=True, text=True, env=ENV)
+                          cwd=root, capture_output=True, text=True, env=ENV, check=False)
     assert done.returncode == 1
     assert done.stderr.strip() == "error: split.datasets.nope: missing required key; present: toy"
     broken = dict(params, preprocess={"pad_to": "32"})
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(broken, f)
     done = subprocess.run([sys.executable, "stages/preprocess.py", "--splits", "data/split/toy", "--out", "o.json"],
-                          cwd=root, capture_output=True, text=True, env=ENV)
+                          cwd=root, capture_output=True, text=True, env=ENV, check=False)
     assert done.returncode == 1 and done.stderr.strip() == "error: preprocess.pad_to: expected int, got '32'"
     assert not (root / "o.json").exists()

@@ -38,7 +38,8 @@ def project(root: Path, train_size: int = 320, val_size: int = 80) -> Path:
     (root / "data/preprocessed").mkdir(parents=True)
     (root / "data/preprocessed/toy.json").write_text(json.dumps(stats))
     real = params.read_yaml(ROOT / "params.yaml")
-    write_params(root, {"train": {"defaults": real["train"]["defaults"], "experiments": {}, "finetune": {}},
+    write_params(root, {"train": {"defaults": real["train"]["defaults"], "experiments": {}, "finetune": {},
+                                  "recipes": {}, "members": {}},
                         "tune": real["tune"]})
     return root
 
