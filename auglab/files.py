@@ -93,17 +93,3 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def save_figure(figure, path: Path, dpi: int) -> None:
-    """auglab.plots.save_figure, kept here for auglab/report.py alone until its figures move to
-    auglab.plots (issue 16, another branch); then delete it. Every other PNG goes through plots.
-    (A forward to plots would make every stage that imports files depend on plots.)"""
-    temp = temp_path(path)
-    try:
-        figure.savefig(temp, format="png", dpi=dpi, metadata={"Software": None})
-        temp.replace(path)
-    except BaseException as e:
-        Path(temp).unlink(missing_ok=True)
-        name_output(e, temp, path)
-        raise

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from auglab import evaluate, report_figures, shards, train
+from auglab import checkpoint, evaluate, report_figures, runtime, shards
 from auglab.schema import Build, Headline, ReportConfig, ScoreBuild, Study, SweepsSection
 
 FULL_COLUMNS = ("accuracy", "loss", "precision", "recall", "f1")
@@ -84,7 +84,7 @@ def machine() -> str:
     """The host in one line, with the CPU's vector capability: `precision: auto` trains in bf16
     only where the CPU has native bf16 (AVX-512 bf16), else in fp32, which moves the numbers."""
     threads = torch.get_num_threads()
-    native = train.autocast_dtype(torch.device("cpu"), "auto") is torch.bfloat16  # the one place that decides
+    native = runtime.autocast_dtype(torch.device("cpu"), "auto") is torch.bfloat16  # the one place that decides
     bf16 = "native bf16" if native else "no native bf16, so auto = fp32"
     return (f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, {bf16}), "
             f"{threads} torch threads, Python "
@@ -248,7 +248,7 @@ def sanity(inputs: Inputs, builds: dict[str, Build], models: dict[str, str], dev
     for build, experiment in models.items():
         dataset, recipe = builds[build].dataset, builds[build].recipe
         images = shards.read_split(inputs.augmented / dataset / recipe, recipe)
-        model, saved = train.load_model(inputs.models / experiment / "model.pt", device)
+        model, saved = checkpoint.load_model(inputs.models / experiment / "model.pt", device)
         found = evaluate.predict(model, images.images, images.labels, saved["mean"], saved["std"])
         rows.append({"build": build, "recipe": recipe, "experiment": experiment, "images": len(images),
                      "rate": float((found.predicted == images.labels).mean())})
@@ -273,7 +273,7 @@ def confusion_section(inputs: Inputs, names: list[str], device: torch.device, fi
     """Each listed experiment's test confusion matrix and its misclassified images."""
     lines = ["## Confusion matrices and misclassified images", ""]
     for name in names:
-        class_names = train.load_model(inputs.models / name / "model.pt", device)[1]["class_names"]
+        class_names = checkpoint.load_model(inputs.models / name / "model.pt", device)[1]["class_names"]
         report_figures.confusion(figures / f"confusion_{name}.png", inputs.confusion / f"{name}.csv", class_names,
                                  f"{name}: test confusion matrix")
         shutil.copy(inputs.eval / name / "misclassified.png", figures / f"misclassified_{name}.png")
@@ -284,7 +284,7 @@ def confusion_section(inputs: Inputs, names: list[str], device: torch.device, fi
 
 def filters_section(inputs: Inputs, experiment: str, device: torch.device, figures: Path) -> list[str]:
     """The first convolution's filters of one experiment and their maps of the first test image."""
-    model, saved = train.load_model(inputs.models / experiment / "model.pt", device)
+    model, saved = checkpoint.load_model(inputs.models / experiment / "model.pt", device)
     test = shards.read_split(inputs.splits / saved["dataset"], "test")
     drawn = report_figures.filters_and_maps(figures / "filters.png", model, test.images[0], saved["mean"], saved["std"],
                                             f"{experiment}: first-layer filters (top), their maps of test image 0")
@@ -297,7 +297,7 @@ def build(inputs: Inputs, config: ReportConfig, builds: dict[str, Build], gan_bu
           sweeps: SweepsSection, figures: Path) -> tuple[list[str], dict]:
     """The whole report: its Markdown lines, and the numbers reports/metrics.json holds; figures
     are drawn into `figures` (the linked `figures/` folder beside the Markdown)."""
-    device = train.choose_device("auto")
+    device = runtime.choose_device("auto")
     experiments = sorted({row.experiment for study in config.studies.values() for row in study.rows.values()}
                          | set(config.confusion) | {config.filters})
     scores = {name: read_json(inputs.metrics / f"{name}.json") for name in experiments}

@@ -1,5 +1,5 @@
 """The report's figures: loss curves, confusion matrices, first-layer filters and S1's sweep
-plots, each drawn from loaded numbers (or a model) into one PNG through auglab.files.save_figure.
+plots, each drawn from loaded numbers (or a model) into one PNG through auglab.plots.save_figure.
 auglab/report.py decides which are drawn and links them from the Markdown.
 """
 
@@ -15,7 +15,7 @@ from matplotlib.patches import Rectangle
 from torch import nn
 
 from auglab import preprocess
-from auglab.files import save_figure
+from auglab.plots import save_figure
 
 
 def save(figure: Figure, path: Path) -> None:

@@ -36,7 +36,6 @@ from tqdm import tqdm
 from auglab import AuglabError, augment, models, preprocess
 from auglab.checkpoint import (
     fingerprint,
-    load_model,  # noqa: F401  auglab/report.py and stages/report.py reach it through train, as below
     load_resumable,
     restore_rng,
     rng_states,
@@ -44,12 +43,7 @@ from auglab.checkpoint import (
     transfer,
 )
 from auglab.params import Experiment
-from auglab.runtime import (
-    DeviceData,
-    Ranks,
-    autocast_dtype,
-    choose_device,  # noqa: F401  until the report is repointed at runtime and checkpoint (issue 16)
-)
+from auglab.runtime import DeviceData, Ranks, autocast_dtype
 
 EVAL_BATCH = 1024
 
