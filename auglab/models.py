@@ -149,7 +149,8 @@ class CNN(nn.Module):
     Study variants are kwargs (S1): linear activation (`activation="linear"`), max / avg / no
     pooling (`pool`), `batchnorm`, relu + `dropout`, deeper BN nets ([[32, 32], [64, 64]]).
     The named architectures are presets in MODELS (lenet5, kaggle_cnn, s0_cnn, mastery_cnn,
-    fan_in_cnn, fan_out_cnn); any preset default can be overridden by kwargs.
+    fan_in_cnn, fan_out_cnn); any preset default can be overridden by kwargs. `weight_init="glorot"`
+    replaces PyTorch's default init with Keras' (glorot-uniform weights, zero biases).
     """
 
     def __init__(
@@ -167,9 +168,11 @@ class CNN(nn.Module):
         dense: Sequence[int] = (128,),
         dense_dropout: float = 0.0,
         global_pool: bool = False,
+        weight_init: str = "torch",
     ) -> None:
         super().__init__()
         check_choice("padding", padding, ("same", "valid"))
+        check_choice("weight_init", weight_init, ("torch", "glorot"))
         check_choice("pool", pool, ("max", "avg", "none"))
         if not blocks or not all(isinstance(b, Sequence) and b for b in blocks):
             raise AuglabError(f"blocks {blocks}: expected a non-empty list of non-empty filter lists")
@@ -200,6 +203,12 @@ class CNN(nn.Module):
             width = units
         head.append(nn.Linear(width, classes))
         self.head = nn.Sequential(*head)
+        if weight_init == "glorot":  # Keras' default: glorot-uniform weights, zero biases (S2's code)
+            for layer in self.modules():
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    nn.init.xavier_uniform_(layer.weight)
+                    if layer.bias is not None:
+                        nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) -> (B, classes) logits."""

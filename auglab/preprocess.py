@@ -15,6 +15,16 @@ import torch
 import torch.nn.functional as F
 
 
+def input_stats(stats: dict, normalize: str) -> dict:
+    """The statistics a model's inputs are normalized with: the dataset's fitted mean and std
+    ("dataset"), or none beyond /255 ("unit": mean 0, std 1, as Keras code scales, e.g. S2's)."""
+    if normalize == "dataset":
+        return stats
+    if normalize == "unit":
+        return {**stats, "mean": 0.0, "std": 1.0}
+    raise ValueError(f"normalize {normalize!r}: expected dataset or unit")
+
+
 def fit_stats(images: np.ndarray) -> tuple[float, float]:
     """Mean and std of pixel/255 over all images (N, H, W) uint8, from exact integer sums."""
     values = images.reshape(-1).astype(np.int64)

@@ -265,6 +265,9 @@ class Experiment(Section):
     # processes (one per GPU) torchrun runs train@<name> in; batch_size stays the global batch. A
     # default, not a train.defaults key, so existing entries and their dvc.lock params are unchanged
     nproc: PositiveInt = 1
+    # input scaling: "dataset" = (x/255 - mean) / std with the dataset's train statistics; "unit" =
+    # x/255 alone, as Keras code does (S2). A default like nproc, for the same reason
+    normalize: Literal["dataset", "unit"] = "dataset"
 
 
 INTERPOLATED = ("dataset", "shards", "model")  # dvc.yaml reads these from each entry itself

@@ -253,8 +253,10 @@ def gradient_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.am
 
 def resume_fingerprint(experiment: Experiment, train: DeviceData, val: DeviceData, init: dict | None) -> str:
     """What a checkpoint must match to be resumed: the params, the data and the initial weights.
-    nproc 1 is left out, so checkpoints from before the key existed still resume."""
-    dumped = experiment.model_dump(mode="json", exclude={"nproc"} if experiment.nproc == 1 else None)
+    Keys at their schema default (nproc 1, normalize "dataset") are left out, so checkpoints from
+    before those keys existed still resume."""
+    unset = {key for key, value in (("nproc", 1), ("normalize", "dataset")) if getattr(experiment, key) == value}
+    dumped = experiment.model_dump(mode="json", exclude=unset or None)
     return fingerprint(dumped, [train.digest(), val.digest()], (init or {}).get("state_dict"))
 
 

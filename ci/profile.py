@@ -1,5 +1,5 @@
 """Rewrite params.yaml and the report.yaml beside it in place into the CI profile: the real data
-stages, four experiments (and no train.members) and one GAN cut to seconds of training, S1's
+stages, four experiments (and one train.members entry) and one GAN cut to seconds of training, S1's
 sweeps cut to 2 x 2 + 2 + 2 one-epoch cells, a 3-trial search, one flip-averaged "ensemble", and
 the report restricted to what they produce.
 
@@ -18,6 +18,7 @@ from ruamel.yaml import YAML
 EXPERIMENTS = {"s2_lenet_100": {"epochs": 3}, "s2_lenet_synthetic": {"epochs": 1},
                "s1_cnn_maxpool": {"train": ["train_1000"], "epochs": 1}}
 FINETUNE = {"s0_transfer_tuned": {"epochs": 2}}
+MEMBERS = {"s2_code_100": {"epochs": 3}}  # member@ and evaluate_member@: S2's first 100, Keras-style
 
 
 def shrink(data: dict) -> None:
@@ -28,8 +29,12 @@ def shrink(data: dict) -> None:
                 entries[name].update(kept[name])
             else:
                 del entries[name]
-    if "members" in data["train"]:  # a base checkout from before train.members has none
-        data["train"]["members"] = {}  # the headline seeds: 15 epochs each, no CI-sized cut
+    members = data["train"].get("members", {})  # a base checkout from before train.members has none
+    for name in list(members):  # the headline seeds (15 epochs each) go; one cheap member stays
+        if name in MEMBERS:
+            members[name].update(MEMBERS[name])
+        else:
+            del members[name]
     gan = data["gan"]
     gan["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "steps": 20}}
     gan["score"]["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "extractor": "s1_cnn_maxpool"}}
@@ -47,7 +52,7 @@ def shrink(data: dict) -> None:
 
 
 def shrink_report(report: dict) -> None:
-    present = set(EXPERIMENTS) | set(FINETUNE)
+    present = set(EXPERIMENTS) | set(FINETUNE) | set(MEMBERS)
     for key in list(report["studies"]):
         rows = report["studies"][key]["rows"]
         for label in [label for label, row in rows.items() if row["experiment"] not in present]:

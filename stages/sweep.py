@@ -5,7 +5,7 @@ writes the cell's test accuracy, val loss, epochs to converge and time as JSON."
 import json
 from pathlib import Path
 
-from auglab import AuglabError, cli, evaluate, params, runtime, shards, train, tune
+from auglab import AuglabError, cli, evaluate, params, preprocess, runtime, shards, train, tune
 from auglab.files import write_json_atomic
 
 
@@ -30,7 +30,7 @@ def main(args) -> None:
     experiment = params.experiment(params.load_key(args.params, "train.defaults"), entry, f"sweeps.{args.study}[{cell}]")
     device = runtime.setup(experiment.device)
     train_data, val_data = tune.device_data(experiment, args.shards, args.splits, device)
-    stats = json.loads(args.stats.read_text())
+    stats = preprocess.input_stats(json.loads(args.stats.read_text()), experiment.normalize)
     cli.log(f"{args.study}@{cell}: {experiment.model} on {len(train_data):,} images, {changed}")
     result = train.train(experiment, train_data, val_data, stats, args.checkpoint, log=cli.log)
     test = shards.read_split(args.splits, "test")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from dvclive import Live
 
-from auglab import checkpoint, cli, params, runtime, shards, train
+from auglab import checkpoint, cli, params, preprocess, runtime, shards, train
 from auglab.files import atomic_dir
 
 
@@ -52,7 +52,7 @@ def load(args, experiment: params.Experiment, device: torch.device):
     train_data = runtime.DeviceData.from_numpy(images, labels, device)
     val = shards.read_split(args.splits, experiment.val)
     val_data = runtime.DeviceData.from_numpy(val.images, val.labels, device)
-    stats = json.loads(args.stats.read_text())
+    stats = preprocess.input_stats(json.loads(args.stats.read_text()), experiment.normalize)
     init = checkpoint.read(args.init, "expected a model.pt written by the train stage") if args.init else None
     return train_data, val_data, stats, init
 

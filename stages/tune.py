@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from auglab import cli, params, plots, runtime, train, tune
+from auglab import cli, params, plots, preprocess, runtime, train, tune
 from auglab.files import write_bytes_atomic, write_json_atomic
 
 
@@ -29,7 +29,7 @@ def main(args) -> None:
                                      f"got {getattr(config, key)!r}")
     device = runtime.setup(experiment.device)
     train_data, val_data = tune.device_data(experiment, args.shards, args.splits, device)
-    stats = json.loads(args.stats.read_text())
+    stats = preprocess.input_stats(json.loads(args.stats.read_text()), experiment.normalize)
     # a worker's trials get their own scratch file: workers may share this machine
     checkpoint = args.checkpoint.with_suffix(f".{os.getpid()}.pt") if args.worker else args.checkpoint
 

@@ -263,3 +263,23 @@ def test_byte_dropout_keeps_the_expected_fraction_and_the_mean(p):
     assert torch.equal(layer(x), y)  # drawn from the global generator: seeded runs repeat
     assert torch.equal(layer.eval()(x), x)
 
+
+
+def test_glorot_init_is_keras_default():
+    """weight_init="glorot" (S2's Keras LeNet-5): every conv and dense weight inside the glorot-uniform
+    bound sqrt(6 / (fan_in + fan_out)) and spread across it, every bias zero; the default is PyTorch's."""
+    torch.manual_seed(0)
+    keras = build("lenet5", {"weight_init": "glorot"})
+    torch.manual_seed(0)
+    default = build("lenet5")
+    layers = [m for m in keras.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 5  # 2 convs + 3 dense
+    for layer in layers:
+        fan_out, fan_in = layer.weight.shape[0], layer.weight[0].numel()
+        receptive = layer.weight[0, 0].numel() if layer.weight.dim() == 4 else 1
+        bound = (6 / (fan_in + fan_out * receptive)) ** 0.5
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+        assert torch.count_nonzero(layer.bias) == 0
+    assert any(torch.count_nonzero(m.bias) for m in default.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    with pytest.raises(AuglabError, match="weight_init 'he': expected one of torch, glorot"):
+        build("lenet5", {"weight_init": "he"})

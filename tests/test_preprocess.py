@@ -36,3 +36,16 @@ def test_bad_inputs():
         preprocess.to_input(torch.zeros(1, 28, 28), 0.1, 0.3)
     with pytest.raises(ValueError, match="cannot pad 28x28 to the smaller 24x24"):
         preprocess.to_input(torch.zeros(1, 28, 28, dtype=torch.uint8), 0.1, 0.3, size=24)
+
+
+def test_input_stats_unit_scales_by_255_alone():
+    """normalize "unit" (Keras-style, S2) feeds x/255; "dataset" keeps the fitted statistics."""
+    stats = {"mean": 0.13, "std": 0.31, "pad_to": 32}
+    assert preprocess.input_stats(stats, "dataset") == stats
+    unit = preprocess.input_stats(stats, "unit")
+    assert unit == {"mean": 0.0, "std": 1.0, "pad_to": 32} and stats["mean"] == 0.13  # a copy
+    batch = torch.tensor([[[0, 255], [51, 102]]], dtype=torch.uint8)
+    x = preprocess.to_input(batch, unit["mean"], unit["std"])
+    assert torch.equal(x, batch.float().unsqueeze(1) / 255)
+    with pytest.raises(ValueError, match="normalize 'raw': expected dataset or unit"):
+        preprocess.input_stats(stats, "raw")
