@@ -13,10 +13,12 @@ RUN    := PATH="$(BIN):$$PATH"
 repro: install apt-index  ## create .venv, install, fetch the data and run the whole pipeline
 	$(RUN) dvc repro
 
-test: install apt-index  ## create .venv, install, run the test suite (real data, real DVC)
+test: install apt-index  ## create .venv, install, lint, run the test suite (real data, real DVC)
+	$(RUN) ruff check .
 	$(RUN) python -m pytest
 
 test-fast: install  ## the inner loop: units only, no `dvc repro`, stage subprocess or network (<= 2 min)
+	$(RUN) ruff check .
 	$(RUN) python -m pytest -m "not slow and not network"
 
 tour: install apt-index  ## the whole pipeline on the CI profile in a scratch copy (~5 min); prints its report
