@@ -268,6 +268,9 @@ class Experiment(Section):
     # input scaling: "dataset" = (x/255 - mean) / std with the dataset's train statistics; "unit" =
     # x/255 alone, as Keras code does (S2). A default like nproc, for the same reason
     normalize: Literal["dataset", "unit"] = "dataset"
+    # decay per step of an exponential moving average of the weights (and BN statistics), which is
+    # then what val scores and the model file holds; 0 = off. A default like nproc
+    ema: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
 INTERPOLATED = ("dataset", "shards", "model")  # dvc.yaml reads these from each entry itself

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from auglab import AuglabError, augment, models, preprocess
@@ -189,7 +190,8 @@ def run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, step_scheduler, 
               order: torch.Tensor, experiment: Experiment, views: list[dict], augment_rng: torch.Generator,
               inputs: Inputs, dtype: torch.dtype | None, desc: str, ranks: Ranks | None = None,
               scaler: torch.amp.GradScaler | None = None,
-              view_rng: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              view_rng: torch.Generator | None = None,
+              after_step: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One pass over `data` in `order` (a permutation); returns on the device (summed train loss,
     correct predictions, images trained on), summed over ranks: nothing in the loop waits for the
     GPU (no .item(), no boolean-mask indexing), the caller reads the sums once.
@@ -198,7 +200,8 @@ def run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, step_scheduler, 
     trains on its rows of every global batch of experiment.batch_size. `scaler` scales fp16
     losses (see `gradient_scaler`; its overflow check is the one sync per step it costs);
     disabled, it is a plain backward and step. `view_rng`, a host generator, picks the views
-    (`view_generator`); None means `augment_rng`, which must then be a CPU one."""
+    (`view_generator`); None means `augment_rng`, which must then be a CPU one. `after_step` runs
+    after every optimizer step (the weight average's update)."""
     ranks = ranks or Ranks()
     scaler = scaler or gradient_scaler(data.images.device, dtype)
     view_rng = view_rng or augment_rng
@@ -232,6 +235,8 @@ def run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, step_scheduler, 
         scaler.update()
         if step_scheduler is not None:
             step_scheduler.step()
+        if after_step is not None:
+            after_step()
         loss_sum += loss.detach() * len(y)
         correct += (scores.detach().argmax(1) == y).sum()
         images += len(y)
@@ -255,7 +260,8 @@ def resume_fingerprint(experiment: Experiment, train: DeviceData, val: DeviceDat
     """What a checkpoint must match to be resumed: the params, the data and the initial weights.
     Keys at their schema default (nproc 1, normalize "dataset") are left out, so checkpoints from
     before those keys existed still resume."""
-    unset = {key for key, value in (("nproc", 1), ("normalize", "dataset")) if getattr(experiment, key) == value}
+    unset = {key for key, value in (("nproc", 1), ("normalize", "dataset"), ("ema", 0.0))
+             if getattr(experiment, key) == value}
     dumped = experiment.model_dump(mode="json", exclude=unset or None)
     return fingerprint(dumped, [train.digest(), val.digest()], (init or {}).get("state_dict"))
 
@@ -333,6 +339,10 @@ def train(
     scaler = gradient_scaler(device, dtype)
     if state is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    average = weight_average(model, experiment.ema)
+    if average is not None and state is not None:
+        average.load_state_dict(state["ema"])
+    scored = average.module if average is not None else model  # what val scores and the run returns
     net = Objective(model, experiment)
     if ranks.world > 1:  # after resuming: DDP starts every rank from rank 0's weights and buffers
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
@@ -354,14 +364,14 @@ def train(
         loss_sum, correct, images = run_epoch(
             net, optimizer, scheduler if schedule_every == "step" else None, train_data, order,
             experiment, views, augment_rng, inputs, dtype, f"epoch {epoch + 1}/{experiment.epochs}", ranks, scaler,
-            view_rng,
+            view_rng, (lambda: average.update_parameters(model)) if average is not None else None,
         )
         train_loss, train_acc = loss_sum.item() / len(train_data), correct.item() / len(train_data)
         if ranks.world > 1:  # per-rank BatchNorm statistics on CPU: keep rank 0's, as DDP would next step
             for buffer in model.buffers():
                 dist.broadcast(buffer, 0)
         seconds = time.perf_counter() - started
-        val_loss, val_acc = evaluate_shared(model, val_data, inputs, dtype, ranks)
+        val_loss, val_acc = evaluate_shared(scored, val_data, inputs, dtype, ranks)
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -379,7 +389,7 @@ def train(
             scheduler.step(val_loss)
         if val_loss < best["val_loss"]:
             best = {"epoch": epoch + 1, "val_loss": val_loss,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                    "state": {k: v.detach().clone() for k, v in scored.state_dict().items()}}
         history.append(row)
         on_epoch(row)
         log(f"epoch {epoch + 1}/{experiment.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}, "
@@ -392,8 +402,17 @@ def train(
                 "rng": rng_states(generators),
                 "name": experiment.model, "kwargs": experiment.model_kwargs,
                 **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
+                **({"ema": average.state_dict()} if average is not None else {}),
             }, checkpoint)
 
     if experiment.early_stopping and best["state"] is not None:
-        model.load_state_dict(best["state"])  # Keras' restore_best_weights
-    return Result(model, history, best["epoch"], stopped)
+        scored.load_state_dict(best["state"])  # Keras' restore_best_weights
+    return Result(scored, history, best["epoch"], stopped)
+
+
+def weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s weights and buffers (BN statistics), updated
+    after every step: average <- decay * average + (1 - decay) * weights; None when decay is 0."""
+    if decay == 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

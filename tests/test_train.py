@@ -236,3 +236,21 @@ def test_fp16_trains_with_a_gradient_scaler_and_resumes_it(tmp_path, data):
     assert len(resumed.history) == 2 and np.isfinite(resumed.history[-1]["train_loss"])
     run(tmp_path / "bf16", experiment(precision="bf16", epochs=1), data, stop_after=1)
     assert "scaler" not in torch.load(tmp_path / "bf16" / "checkpoint.pt", weights_only=True)
+
+
+def test_weight_average_is_what_val_scores_and_resumes(tmp_path, data):
+    """ema: the returned (saved) model is the exponential average of the weights, BN statistics
+    included, not the last step's weights; val scores it; a resumed run continues the same average."""
+    exp = experiment(epochs=4, ema=0.9, model_kwargs={"blocks": [[8], [16]], "dense": [32], "batchnorm": True})
+    plain = run(tmp_path / "plain", exp.model_copy(update={"ema": 0.0}), data)
+    whole = run(tmp_path / "whole", exp, data)
+    assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in plain.history]  # same steps
+    assert [r["val_loss"] for r in whole.history] != [r["val_loss"] for r in plain.history]  # another model
+    differ = [k for k, v in plain.model.state_dict().items() if not torch.equal(v, whole.model.state_dict()[k])]
+    assert any(k.endswith("weight") for k in differ) and any(k.endswith("running_mean") for k in differ)
+    run(tmp_path / "split", exp, data, stop_after=2)
+    resumed = run(tmp_path / "split", exp, data)
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    with pytest.raises(params.ParamsError, match="ema"):
+        experiment(ema=1.0)
