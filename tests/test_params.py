@@ -148,7 +148,7 @@ def test_yaml_anchor_spreads_an_override_to_every_alias(tmp_path):
     "change, message",
     [
         ({"members": {"headline_mnist_1": {"recipe": "x"}}},
-         "train.members.headline_mnist_1.recipe: unknown recipe 'x'; known: headline_mnist"),
+         "train.members.headline_mnist_1.recipe: unknown recipe 'x'; known: headline_mnist, s2_keras"),
         ({"members": {"headline_mnist_1": {"dataset": None}}},
          "train.members.headline_mnist_1.dataset: missing required key (dvc.yaml reads it from the entry)"),
         ({"recipes": {"headline_mnist": {"shards": "split/mnist"}}},
