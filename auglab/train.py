@@ -260,8 +260,8 @@ def resume_fingerprint(experiment: Experiment, train: DeviceData, val: DeviceDat
     """What a checkpoint must match to be resumed: the params, the data and the initial weights.
     Keys at their schema default (nproc 1, normalize "dataset") are left out, so checkpoints from
     before those keys existed still resume."""
-    unset = {key for key, value in (("nproc", 1), ("normalize", "dataset"), ("ema", 0.0))
-             if getattr(experiment, key) == value}
+    unset = {key for key in ("nproc", "normalize", "ema")
+             if getattr(experiment, key) == Experiment.model_fields[key].default}
     dumped = experiment.model_dump(mode="json", exclude=unset or None)
     return fingerprint(dumped, [train.digest(), val.digest()], (init or {}).get("state_dict"))
 

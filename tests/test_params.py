@@ -2,6 +2,7 @@ import ast
 import re
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -89,15 +90,22 @@ def configs(path) -> dict[str, params.Experiment]:
 HEADLINE = {"members.headline_mnist_0", "members.headline_mnist_1", "members.headline_mnist_2"}
 
 
-def test_exp_run_set_recipe_key_changes_its_members_only(tmp_path):
-    """-S on a recipe's key (a top-level and a nested one) changes every member of that recipe and no
-    other experiment; the file changes at that recipe only, keeps its comments, and still validates."""
+def set_on_a_copy(tmp_path, *overrides: str) -> tuple[Path, dict, dict]:
+    """The repository's params.yaml copied, then `-S overrides` applied with DVC's own function: the
+    copy's path and every experiment's config before and after (the result must still validate)."""
     path = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", path)
     before = configs(path)
-    set_params(path, "train.recipes.headline_mnist.epochs=20", "train.recipes.headline_mnist.optimizer.lr=0.1")
+    set_params(path, *overrides)
     params.check(path)
-    after = configs(path)
+    return path, before, configs(path)
+
+
+def test_exp_run_set_recipe_key_changes_its_members_only(tmp_path):
+    """-S on a recipe's key (a top-level and a nested one) changes every member of that recipe and no
+    other experiment; the file changes at that recipe only, keeps its comments, and still validates."""
+    path, before, after = set_on_a_copy(tmp_path, "train.recipes.headline_mnist.epochs=20",
+                                        "train.recipes.headline_mnist.optimizer.lr=0.1")
     assert {name for name in before if before[name] != after[name]} == HEADLINE
     assert {(after[name].epochs, after[name].optimizer.lr, after[name].seed) for name in HEADLINE} == {
         (20, 0.1, 0), (20, 0.1, 1), (20, 0.1, 2)}
@@ -111,12 +119,8 @@ def test_exp_run_set_recipe_key_changes_its_members_only(tmp_path):
 def test_exp_run_set_member_key_changes_that_member_only(tmp_path):
     """-S on one member's own key (seed), and `++` on a key it inherits from its recipe (a nested
     one), change that member alone."""
-    path = tmp_path / "params.yaml"
-    shutil.copy(ROOT / "params.yaml", path)
-    before = configs(path)
-    set_params(path, "train.members.headline_mnist_1.seed=7", "++train.members.headline_mnist_1.optimizer.lr=0.1")
-    params.check(path)
-    after = configs(path)
+    path, before, after = set_on_a_copy(tmp_path, "train.members.headline_mnist_1.seed=7",
+                                        "++train.members.headline_mnist_1.optimizer.lr=0.1")
     assert {name for name in before if before[name] != after[name]} == {"members.headline_mnist_1"}
     changed = before["members.headline_mnist_1"].model_copy(
         update={"seed": 7, "optimizer": before["members.headline_mnist_1"].optimizer.model_copy(update={"lr": 0.1})})
