@@ -42,6 +42,7 @@ apt-index:
 bench: install  ## speed and memory benchmarks (need `make repro` data); print ratios
 	$(RUN) python bench/read_split.py
 	$(RUN) python bench/augment_speed.py
+	$(RUN) python bench/eval_speed.py
 
 clean-venv:
 	rm -rf $(VENV)

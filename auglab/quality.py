@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from auglab import AuglabError, preprocess
-
-FEATURE_BATCH = 1000  # images per forward pass when embedding
+from auglab.runtime import as_scoring_input, eval_batch, for_scoring
 
 
 @torch.no_grad()
@@ -24,10 +23,11 @@ def penultimate(model: nn.Module, images: np.ndarray, mean: float, std: float, s
     hook = last.register_forward_hook(lambda module, args, output: captured.append(args[0].float()))
     device = next(model.parameters()).device
     try:
-        model.eval()
-        for start in range(0, len(images), FEATURE_BATCH):
-            batch = torch.from_numpy(images[start : start + FEATURE_BATCH]).unsqueeze(1).to(device)
-            model(preprocess.to_input(batch, mean, std, size))
+        for_scoring(model)
+        step = eval_batch(device)
+        for start in range(0, len(images), step):
+            batch = torch.from_numpy(images[start : start + step]).unsqueeze(1).to(device)
+            model(as_scoring_input(preprocess.to_input(batch, mean, std, size)))
     finally:
         hook.remove()
     return torch.cat(captured).flatten(1).double().cpu().numpy()

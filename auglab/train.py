@@ -44,9 +44,7 @@ from auglab.checkpoint import (
     transfer,
 )
 from auglab.params import Experiment
-from auglab.runtime import DeviceData, Ranks, autocast_dtype
-
-EVAL_BATCH = 1024
+from auglab.runtime import DeviceData, Ranks, autocast_dtype, eval_batch
 
 
 @dataclass(frozen=True)
@@ -144,9 +142,10 @@ def evaluate(model: nn.Module, data: DeviceData, inputs: Inputs, dtype: torch.dt
     # summed on the device and read once: float64, as Python's float sum of loss.item() was
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    for start in range(0, len(data), EVAL_BATCH):
-        x = inputs(data.images[start : start + EVAL_BATCH])
-        y = data.labels[start : start + EVAL_BATCH]
+    step = eval_batch(device)
+    for start in range(0, len(data), step):
+        x = inputs(data.images[start : start + step])
+        y = data.labels[start : start + step]
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss, scores = objective(model, x, y, 0.0)
         loss_sum += loss.double() * len(y)

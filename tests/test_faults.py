@@ -27,6 +27,7 @@ from ruamel.yaml import YAML
 from auglab import checkpoint, params, runtime, shards, train
 
 YAML_SAFE = YAML(typ="safe", pure=True)
+YAML_SAFE.default_flow_style = False  # block style: DVC's C parser refuses `{url: https://...}`
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
        "DVC_NO_ANALYTICS": "1"}
 EPOCHS = 12  # enough for a Ctrl-C to land mid-run (after epoch 1, before the last), ~1 s of MLP

@@ -25,6 +25,7 @@ from ruamel.yaml import YAML
 from auglab import augment, gan, params
 
 YAML_SAFE = YAML(typ="safe", pure=True)
+YAML_SAFE.default_flow_style = False  # block style: DVC's C parser refuses `{url: https://...}`
 YAML_SAFE.sort_base_mapping_type_on_output = False
 
 # numpy 2.x dispatches to these groups above its X86_V2 baseline

@@ -25,10 +25,11 @@ def repo_params(tmp_path):
     return YAML(typ="safe", pure=True).load((ROOT / "params.yaml").read_text())
 
 
-def dump(tmp_path, data):
-    path = tmp_path / "params.yaml"
+def dump(tmp_path, data, name="params.yaml"):
+    path = tmp_path / name
     yaml = YAML(typ="safe", pure=True)
     yaml.sort_base_mapping_type_on_output = False
+    yaml.default_flow_style = False  # block style: DVC's C parser refuses `{url: https://...}` (YAML 1.1)
     with open(path, "w") as f:
         yaml.dump(data, f)
     return path
@@ -207,7 +208,7 @@ def test_report_yaml_validates_and_names_bad_keys(tmp_path):
     data["studies"]["s4"]["rows"]["Kaggle CNN 32-32-64-64"]["reportd"] = 0.9
     del data["filters"]
     path = tmp_path / "report.yaml"
-    YAML(typ="safe", pure=True).dump(data, path)
+    dump(tmp_path, data, path.name)
     with pytest.raises(ParamsError) as error:
         params.load_report(path)
     assert str(error.value) == ("report.yaml: studies.s4.rows.Kaggle CNN 32-32-64-64.reportd: unknown key; "

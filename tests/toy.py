@@ -45,5 +45,7 @@ def project(root: Path, train_size: int = 320, val_size: int = 80) -> Path:
 
 
 def write_params(root: Path, data: dict) -> None:
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False  # block style: DVC's C parser refuses `{url: https://...}`
     with open(root / "params.yaml", "w") as f:
-        YAML(typ="safe", pure=True).dump(data, f)
+        yaml.dump(data, f)
