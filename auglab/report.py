@@ -120,7 +120,7 @@ def grid_table(cells: dict[tuple[str, str], dict], activations: list[str], optim
 def sweeps_section(inputs: Inputs, sweeps: SweepsSection, figures: Path) -> tuple[list[str], dict]:
     """S1's grid, batch-size and regularization tables and the Optuna search: Markdown and headline."""
     activations, optimizers = sweeps.grid.activations, sweeps.grid.optimizers
-    grid = {(a, o): read_json(inputs.sweeps / "grid" / f"{a}-{o}.json") for a in activations for o in optimizers}
+    grid = {(a, o): read_json(inputs.sweeps / "grid" / o / f"{a}.json") for a in activations for o in optimizers}
     batch = {size: read_json(inputs.sweeps / "batch" / f"{size}.json") for size in sweeps.batch_sizes}
     penalties = {name: read_json(inputs.sweeps / "regularize" / f"{name}.json")
                  for name in sweeps.regularization.penalties}

@@ -445,7 +445,7 @@ def _interpolated(entry: dict, where: str) -> None:
 
 
 class Grid(Section):
-    """S1's activation x optimizer grid: one grid@<activation>-<optimizer> stage per pair."""
+    """S1's activation x optimizer grid: one grid@<optimizer> stage per column, one JSON per pair."""
 
     activations: Annotated[list[str], Field(min_length=1)]  # keys of auglab.models.ACTIVATIONS
     # optimizer names, as train.defaults.optimizer.name

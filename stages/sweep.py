@@ -1,6 +1,10 @@
-"""Stages grid@<activation>-<optimizer>, batch@<size> and regularize@<penalty>: S1's sweeps. Each
-trains sweeps.base (over train.defaults) with one change, scores the official test split and
-writes the cell's test accuracy, val loss, epochs to converge and time as JSON."""
+"""Stages grid@<optimizer>, batch@<size> and regularize@<penalty>: S1's sweeps. Each cell trains
+sweeps.base (over train.defaults) with one change, scores the official test split and writes the
+cell's test accuracy, val loss, epochs to converge and time as JSON.
+
+A grid stage is one optimizer's column: every activation of sweeps.grid.activations in one process
+(one import of torch, one load of the data), one JSON per cell. Changing an optimizer's lr re-runs
+its column only; the cells of a killed column resume from their checkpoints."""
 
 import json
 from pathlib import Path
@@ -9,53 +13,65 @@ from auglab import AuglabError, cli, evaluate, params, preprocess, runtime, shar
 from auglab.files import write_json_atomic
 
 
-def cell_entry(args) -> tuple[str, dict, dict]:
-    """(cell name, train entry, what the cell changed) from the params this stage declares."""
+def cells(args) -> list[tuple[str, dict, dict, Path, Path]]:
+    """(cell name, train entry, what the cell changed, its JSON, its checkpoint) for each cell this
+    stage runs, from the params it declares."""
     base = params.load_key(args.params, "sweeps.base")
     if args.study == "grid":
         lr = params.load_key(args.params, f"sweeps.grid.lr.{args.optimizer}")
-        changed = {"activation": args.activation, "optimizer": args.optimizer, "lr": lr}
-        return f"{args.activation}-{args.optimizer}", tune.grid_cell(base, args.activation, args.optimizer, lr), changed
+        return [(f"{activation}-{args.optimizer}", tune.grid_cell(base, activation, args.optimizer, lr),
+                 {"activation": activation, "optimizer": args.optimizer, "lr": lr},
+                 args.out / f"{activation}.json", args.checkpoint / f"{activation}.pt")
+                for activation in params.load_key(args.params, "sweeps.grid.activations")]
     if args.study == "batch":
-        return str(args.batch_size), tune.batch_cell(base, args.batch_size), {"batch_size": args.batch_size}
+        return [(str(args.batch_size), tune.batch_cell(base, args.batch_size), {"batch_size": args.batch_size},
+                 args.out, args.checkpoint)]
     penalty = params.load_key(args.params, f"sweeps.regularization.penalties.{args.penalty}")
     epochs = params.load_key(args.params, "sweeps.regularization.epochs")
     patience = params.load_key(args.params, "sweeps.regularization.early_stopping")
     changed = {"penalty": args.penalty, "l1": penalty.l1, "l2": penalty.l2}
-    return args.penalty, tune.regularization_cell(base, penalty, epochs, patience), changed
+    return [(args.penalty, tune.regularization_cell(base, penalty, epochs, patience), changed, args.out, args.checkpoint)]
 
 
 def main(args) -> None:
-    cell, entry, changed = cell_entry(args)
-    experiment = params.experiment(params.load_key(args.params, "train.defaults"), entry, f"sweeps.{args.study}[{cell}]")
-    device = runtime.setup(experiment.device)
-    train_data, val_data = tune.device_data(experiment, args.shards, args.splits, device)
-    stats = preprocess.input_stats(json.loads(args.stats.read_text()), experiment.normalize)
-    cli.log(f"{args.study}@{cell}: {experiment.model} on {len(train_data):,} images, {changed}")
-    result = train.train(experiment, train_data, val_data, stats, args.checkpoint, log=cli.log)
+    todo = cells(args)
+    defaults = params.load_key(args.params, "train.defaults")
+    runs = [params.experiment(defaults, entry, f"sweeps.{args.study}[{cell}]") for cell, entry, *_ in todo]
+    device = runtime.setup(runs[0].device)
+    train_data, val_data = tune.device_data(runs[0], args.shards, args.splits, device)  # a cell changes no data key
+    stats = preprocess.input_stats(json.loads(args.stats.read_text()), runs[0].normalize)
     test = shards.read_split(args.splits, "test")
     if test.labels is None:
         raise AuglabError(f"{args.splits}: the test split is unlabelled; sweeps need a labelled test split")
-    found = evaluate.predict(result.model, test.images, test.labels, stats["mean"], stats["std"], experiment.precision)
-    accuracy = float((found.predicted == test.labels).mean())
-    numbers = tune.summary(result, bool(experiment.early_stopping), accuracy, found.loss)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, {"study": args.study, "cell": cell, "changed": changed, **numbers})
-    args.checkpoint.unlink(missing_ok=True)
-    cli.log(f"{args.study}@{cell}: test acc {accuracy:.4f}, val loss {numbers['val_loss']:.4f}, "
-            f"{numbers['epochs_run']} epochs, {numbers['seconds_per_epoch']:.1f} s/epoch")
+    for (cell, _, changed, out, checkpoint), experiment in zip(todo, runs, strict=True):
+        cli.log(f"{args.study}@{cell}: {experiment.model} on {len(train_data):,} images, {changed}")
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        result = train.train(experiment, train_data, val_data, stats, checkpoint, log=cli.log)
+        found = evaluate.predict(result.model, test.images, test.labels, stats["mean"], stats["std"], experiment.precision)
+        accuracy = float((found.predicted == test.labels).mean())
+        numbers = tune.summary(result, bool(experiment.early_stopping), accuracy, found.loss)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, {"study": args.study, "cell": cell, "changed": changed, **numbers})
+        cli.log(f"{args.study}@{cell}: test acc {accuracy:.4f}, val loss {numbers['val_loss']:.4f}, "
+                f"{numbers['epochs_run']} epochs, {numbers['seconds_per_epoch']:.1f} s/epoch")
+    # Checkpoints go once every cell is written: a column killed halfway resumes its finished cells
+    # at their last epoch (no training) instead of training them again.
+    for *_, checkpoint in todo:
+        checkpoint.unlink(missing_ok=True)
+    if args.study == "grid":
+        args.checkpoint.rmdir()
 
 
 if __name__ == "__main__":
     parser = cli.parser(__doc__)
     parser.add_argument("--study", choices=("grid", "batch", "regularize"), required=True)
-    parser.add_argument("--activation", help="grid: a key of auglab.models.ACTIVATIONS")
-    parser.add_argument("--optimizer", help="grid: an optimizer name of sweeps.grid.optimizers")
+    parser.add_argument("--optimizer", help="grid: the column's optimizer, one of sweeps.grid.optimizers")
     parser.add_argument("--batch-size", type=int, help="batch: images per step")
     parser.add_argument("--penalty", help="regularize: a key of sweeps.regularization.penalties")
     parser.add_argument("--splits", type=Path, required=True, help="the base dataset's split directory")
     parser.add_argument("--shards", type=Path, required=True, help="shard directory of the base's training splits")
     parser.add_argument("--stats", type=Path, required=True, help="normalization statistics JSON")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="resumable checkpoint (scratch)")
-    parser.add_argument("--out", type=Path, required=True, help="the cell's JSON to write")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="resumable checkpoint (scratch); grid: a folder of one per cell")
+    parser.add_argument("--out", type=Path, required=True, help="the cell's JSON to write; grid: the column's folder")
     cli.run(main, parser)

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,7 +143,7 @@ def test_each_stage_runs_with_only_its_declared_params(project):
         "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned", "member@toy_seed_1",
         "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "evaluate_member@toy_seed_1",
         "ensemble@toy_pair", "gan@toy",
-        "gan_sample@toy", "gan_score@toy", "grid@relu-adam", "grid@relu-sgd", "grid@tanh-adam", "grid@tanh-sgd",
+        "gan_sample@toy", "gan_score@toy", "grid@adam", "grid@sgd",
         "batch@8", "batch@32",
         "regularize@none", "regularize@l2", "tune", "report",
     ]
@@ -177,7 +178,8 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     pair = json.loads((root / "artifacts/ensembles/toy_pair.json").read_text())
     assert set(pair["members"]) == {"toy_mlp", "toy_synthetic"} and pair["flips"] and pair["images"] == 50
     assert pair["member_mean"] == pytest.approx(sum(pair["members"].values()) / 2) and 0 <= pair["accuracy"] <= 1
-    cell = json.loads((root / "artifacts/sweeps/grid/tanh-sgd.json").read_text())
+    assert sorted(p.name for p in (root / "artifacts/sweeps/grid/sgd").iterdir()) == ["relu.json", "tanh.json"]
+    cell = json.loads((root / "artifacts/sweeps/grid/sgd/tanh.json").read_text())
     assert cell["changed"] == {"activation": "tanh", "optimizer": "sgd", "lr": 0.01} and cell["epochs_run"] == 1
     assert 0 <= cell["test_accuracy"] <= 1 and cell["val_loss"] > 0
     # a toy epoch can take under 5 ms, which rounds to 0.0 s: check the bookkeeping, not the clock
@@ -194,6 +196,38 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     trials = (root / "artifacts/tune/trials.csv").read_text().splitlines()
     assert trials[0] == "trial,state,value,epochs,optimizer.lr,batch_size" and len(trials) == 5
     check_report(root)
+
+
+TIMINGS = {"seconds", "img_per_s", "seconds_per_epoch", "train_seconds"}
+
+
+def untimed(cell: dict) -> dict:
+    """A sweep cell's JSON without its clock readings."""
+    return {key: [untimed(row) for row in value] if key == "history" else value
+            for key, value in cell.items() if key not in TIMINGS}
+
+
+@pytest.mark.slow  # stage scripts as subprocesses
+def test_a_grid_column_gives_each_cell_what_it_gives_alone(project):
+    """Cells that share a process share nothing else: the tanh cell of the [relu, tanh] column is
+    the tanh cell of a column of tanh alone, to the last digit (clock readings aside), and a
+    finished column leaves no checkpoint behind."""
+    root, params, found = project
+    by_name = {stage["name"]: stage for stage in found}
+    for name in ("download@toy", "split@toy", "preprocess@toy"):
+        assert run_stage(root, by_name[name], params).returncode == 0
+    column, out = by_name["grid@sgd"], root / "artifacts/sweeps/grid/sgd"
+    cells = {}
+    for activations in (["relu", "tanh"], ["tanh"]):
+        shutil.rmtree(out, ignore_errors=True)  # as DVC clears a stage's outs before running it
+        sweeps = dict(params["sweeps"], grid=dict(params["sweeps"]["grid"], activations=activations))
+        done = run_stage(root, column, dict(params, sweeps=sweeps))
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.stem for p in out.iterdir()) == activations
+        cells[len(activations)] = json.loads((out / "tanh.json").read_text())
+        assert not (root / "artifacts/checkpoints/grid_sgd").exists()
+    assert untimed(cells[2]) == untimed(cells[1])
+    assert cells[2]["changed"] == {"activation": "tanh", "optimizer": "sgd", "lr": 0.01}
 
 
 def check_report(root: Path) -> None:
