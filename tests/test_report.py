@@ -27,3 +27,11 @@ def test_study_table_shows_the_verdict_and_the_reason_of_a_row_below():
     assert lines[0].endswith("| verdict |")
     assert lines[2].endswith("| reproduced |") and lines[3].endswith("| below: 5 epochs where the study ran 50 |")
     assert lines[4].endswith("| not reported | - | - |")
+
+
+def test_sanity_scores_every_image_of_a_small_build_and_a_fixed_sample_of_a_large_one():
+    assert report.sample_rows(500, limit=1000).tolist() == list(range(500))
+    sample = report.sample_rows(144_000, limit=1000)
+    assert len(sample) == len(set(sample.tolist())) == 1000 and sample.tolist() == sorted(sample.tolist())
+    assert 0 <= sample[0] and sample[-1] < 144_000 and sample[-1] - sample[0] > 100_000  # spread, not a prefix
+    assert report.sample_rows(144_000, limit=1000).tolist() == sample.tolist()  # the same rows every run
