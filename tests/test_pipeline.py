@@ -190,11 +190,20 @@ def test_queued_sweep_runs_in_parallel_and_shows_in_exp_show(built):
     queued = sh(root, "dvc", "exp", "run", "--queue", "-S", f"++{key}=0.003,0.0003")
     names = set(re.findall(r"Queued experiment '([^']+)'", queued))
     assert len(names) == 2, queued
-    sh(root, "dvc", "queue", "start", "-j", "2")
+    # The workers it starts are daemons that inherit its stdout: into a pipe, run() would wait for
+    # them to exit, which an idle worker may never do (seen here: a 20-minute hang after both
+    # experiments had succeeded). A file does not wait; `dvc queue stop` ends them below.
+    with open(root / "queue-start.log", "w") as log:
+        started = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=root, env=ENV, stdout=log,
+                                 stderr=subprocess.STDOUT, check=False)
+    assert started.returncode == 0, (root / "queue-start.log").read_text()
     deadline = time.monotonic() + 900
-    while re.search(r"\b(Queued|Running)\b", status := sh(root, "dvc", "queue", "status")):
-        assert time.monotonic() < deadline, status
-        time.sleep(5)
+    try:
+        while re.search(r"\b(Queued|Running)\b", status := sh(root, "dvc", "queue", "status")):
+            assert time.monotonic() < deadline, status
+            time.sleep(5)
+    finally:
+        subprocess.run(["dvc", "queue", "stop"], cwd=root, env=ENV, capture_output=True, check=False)
     assert status.count("Success") == 2, status
     shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=root, env=ENV, capture_output=True, text=True, check=True)
     results = {}
