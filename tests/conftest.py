@@ -8,11 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ruamel.yaml import YAML
 
 from auglab import idx
 from auglab.sources import Facts
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Params files the tests write for DVC and the stages to read: in file order (sources are tried
+# in order) and in block style (DVC's C parser, YAML 1.1, refuses `{url: https://...}`).
+YAML_SAFE = YAML(typ="safe", pure=True)
+YAML_SAFE.default_flow_style = False
+YAML_SAFE.sort_base_mapping_type_on_output = False
 
 
 def synthetic_arrays(per_class: int = 20, test_per_class: int = 5, seed: int = 0) -> dict[str, np.ndarray]:

@@ -18,15 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, synthetic_arrays, write_idx_folder
+from conftest import ROOT, YAML_SAFE, synthetic_arrays, write_idx_folder
 from dvc.repo import Repo
-from ruamel.yaml import YAML
 
 from auglab import augment, gan, params
-
-YAML_SAFE = YAML(typ="safe", pure=True)
-YAML_SAFE.default_flow_style = False  # block style: DVC's C parser refuses `{url: https://...}`
-YAML_SAFE.sort_base_mapping_type_on_output = False
 
 # numpy 2.x dispatches to these groups above its X86_V2 baseline
 NUMPY_AVX512 = "X86_V4 AVX512_ICL AVX512_SPR"

@@ -5,7 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, YAML_SAFE
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.events import AliasEvent
@@ -27,11 +27,8 @@ def repo_params(tmp_path):
 
 def dump(tmp_path, data, name="params.yaml"):
     path = tmp_path / name
-    yaml = YAML(typ="safe", pure=True)
-    yaml.sort_base_mapping_type_on_output = False
-    yaml.default_flow_style = False  # block style: DVC's C parser refuses `{url: https://...}` (YAML 1.1)
     with open(path, "w") as f:
-        yaml.dump(data, f)
+        YAML_SAFE.dump(data, f)
     return path
 
 

@@ -16,15 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, synthetic_arrays, write_idx_folder
+from conftest import ROOT, YAML_SAFE, synthetic_arrays, write_idx_folder
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 from dvc.utils.hydra import apply_overrides
-from ruamel.yaml import YAML
 
-YAML_SAFE = YAML(typ="safe", pure=True)
-YAML_SAFE.default_flow_style = False  # block style: DVC's C parser refuses `{url: https://...}`
-YAML_SAFE.sort_base_mapping_type_on_output = False  # keep params order: sources are tried in order
 PLUMBING = {"__init__", "cli", "params", "schema", "files"}  # shape no output; not listed as stage deps
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
