@@ -271,6 +271,9 @@ class Experiment(Section):
     # decay per step of an exponential moving average of the weights (and BN statistics), which is
     # then what val scores and the model file holds; 0 = off. A default like nproc
     ema: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # share of the training images this run draws, without replacement and seeded by `seed`, so
+    # ensemble members see different resamples (bagging); 1 = all of them. A default like nproc
+    bag: Annotated[float, Field(gt=0, le=1)] = 1.0
 
 
 INTERPOLATED = ("dataset", "shards", "model")  # dvc.yaml reads these from each entry itself

@@ -249,6 +249,17 @@ def run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, step_scheduler, 
     return loss_sum, correct, images
 
 
+def resample(images: np.ndarray, labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded draw of round(share * N) images without replacement, in their original order: each
+    ensemble member's own resample of the training set (bagging)."""
+    count = max(1, round(share * len(labels)))
+    keep = np.sort(np.random.default_rng([seed, BAG_STREAM]).choice(len(labels), count, replace=False))
+    return images[keep], labels[keep]
+
+
+BAG_STREAM = 0xBA6  # keeps the bagging draw apart from every other stream seeded by `seed`
+
+
 def gradient_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
     """A loss scaler for fp16 autocast, whose small gradients underflow to zero without it
     (bf16 has fp32's range and needs none): enabled for fp16 only, a no-op otherwise."""

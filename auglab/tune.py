@@ -34,7 +34,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
-from auglab import AuglabError, shards
+from auglab import AuglabError, shards, train
 from auglab.files import temp_path
 from auglab.params import Dimension, Experiment, Penalty, TuneSection
 from auglab.runtime import DeviceData
@@ -71,6 +71,8 @@ def device_data(experiment: Experiment, shard_dir: Path, split_dir: Path,
         parts.insert(0, shards.read_split(split_dir, experiment.real))
     images = np.concatenate([p.images for p in parts])
     labels = np.concatenate([p.labels for p in parts])
+    if experiment.bag < 1:
+        images, labels = train.resample(images, labels, experiment.bag, experiment.seed)
     val = shards.read_split(split_dir, experiment.val)
     return DeviceData.from_numpy(images, labels, device), DeviceData.from_numpy(val.images, val.labels, device)
 

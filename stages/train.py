@@ -49,6 +49,8 @@ def load(args, experiment: params.Experiment, device: torch.device):
     if experiment.real is not None:
         real_images, real_labels = load_set(args.splits, [experiment.real])
         images, labels = np.concatenate([real_images, images]), np.concatenate([real_labels, labels])
+    if experiment.bag < 1:
+        images, labels = train.resample(images, labels, experiment.bag, experiment.seed)
     train_data = runtime.DeviceData.from_numpy(images, labels, device)
     val = shards.read_split(args.splits, experiment.val)
     val_data = runtime.DeviceData.from_numpy(val.images, val.labels, device)

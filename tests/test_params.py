@@ -248,6 +248,8 @@ def test_report_is_not_a_params_section(tmp_path):
          "augment.recipes.s2_expand.views.keras.erasing: area: expected [min, max] with min <= max, got [0.4, 0.1]"),
         (("augment", "builds", "mnist_s2_expand", "recipe"), "s3_nothing",
          "augment: builds.mnist_s2_expand.recipe: no recipe 's3_nothing'; known: s2_expand, s2_code, s2_prose, s1_copies, s0_light"),
+        (("train", "recipes", "headline_mnist", "bag"), 0.0,
+         "train.recipes.headline_mnist.bag: expected greater than 0, got 0.0"),
         (("gan", "builds", "mnist_100", "steps"), "2000", "gan.builds.mnist_100.steps: expected int, got '2000'"),
         (("gan", "defaults", "ema_decay"), 1.0, "gan.builds.mnist.ema_decay: expected less than 1, got 1.0"),
         (("gan", "builds", "mnist", "g_widht"), 8, "gan.builds.mnist.g_widht: unknown key"),

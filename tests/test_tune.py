@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from auglab import params, tune
+from auglab import params, train, tune
 from auglab.params import Penalty, TuneSection
 
 SPACE = {
@@ -89,3 +89,15 @@ def test_promote_command_writes_yaml_values():
     line = tune.promote_command("s1_cnn_maxpool", {"optimizer.lr": 0.00123456789, "batch_size": 64, "x": True})
     assert line == ("dvc exp run -S '++train.experiments.s1_cnn_maxpool.optimizer.lr=0.00123457' "
                     "-S '++train.experiments.s1_cnn_maxpool.batch_size=64' -S '++train.experiments.s1_cnn_maxpool.x=true'")
+
+
+
+def test_bagging_draws_a_seeded_subset_per_member():
+    import numpy as np
+
+    ids = np.arange(1000).reshape(1000, 1, 1)  # each image is its own index
+    drawn, labels = train.resample(ids, ids.ravel() % 10, 0.8, seed=0)
+    assert drawn.shape == (800, 1, 1) and np.array_equal(labels, drawn.ravel() % 10)  # pairs stay together
+    assert np.array_equal(np.unique(drawn), drawn.ravel())  # no image twice, original order kept
+    assert np.array_equal(train.resample(ids, ids.ravel(), 0.8, seed=0)[0], drawn)  # seeded
+    assert not np.array_equal(train.resample(ids, ids.ravel(), 0.8, seed=1)[0], drawn)  # each member its own draw
