@@ -41,10 +41,12 @@ def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def summary(names: Sequence[str], members: Sequence[np.ndarray], labels: np.ndarray) -> dict:
-    """Ensemble accuracy, each member's accuracy, and the members' mean, spread (std), min, max."""
+    """Ensemble accuracy, each member's accuracy, the members' mean, spread (std), min, max, and
+    what averaging bought: the ensemble's gain over its best member."""
     singles = {name: accuracy(scores, labels) for name, scores in zip(names, members, strict=True)}
     values = np.array(list(singles.values()))
-    return {"accuracy": accuracy(combine(members), labels), "members": singles,
+    together = accuracy(combine(members), labels)
+    return {"accuracy": together, "members": singles,
             "member_mean": float(values.mean()), "member_std": float(values.std()),
             "member_min": float(values.min()), "member_max": float(values.max()),
-            "images": len(labels)}
+            "gain_over_best_member": together - float(values.max()), "images": len(labels)}

@@ -181,9 +181,25 @@ def sweeps_section(inputs: Inputs, sweeps: SweepsSection, figures: Path) -> tupl
 # --- the document ------------------------------------------------------------------------------
 
 
-def headline_section(inputs: Inputs, config: Headline) -> tuple[list[str], dict]:
+def cost_section(inputs: Inputs, ensembles: list[str], figures: Path) -> list[str]:
+    """Per headline ensemble: each member's test accuracy, the ensemble's gain over the best one,
+    and a figure of the members' val accuracy against minutes of training (what more time buys)."""
+    lines = ["### Members and cost curves", ""]
+    for name in ensembles:
+        found = read_json(inputs.ensembles / f"{name}.json")
+        members = ", ".join(f"`{member}` {accuracy:.4f}" for member, accuracy in found["members"].items())
+        lines.append(f"- `{name}` ({found['dataset']}): members {members}; ensemble {found['accuracy']:.4f}, "
+                     f"{found['gain_over_best_member']:+.4f} over the best member.")
+        report_figures.cost_curves(figures / f"cost_{name}.png",
+                                   {member: inputs.models / member / "live" for member in found["members"]},
+                                   f"{name}: val accuracy against minutes of training")
+    return lines + [""] + [f"![{name} cost curves](figures/cost_{name}.png)" for name in ensembles] + [""]
+
+
+def headline_section(inputs: Inputs, config: Headline, figures: Path) -> tuple[list[str], dict]:
     """Issue 8's table: our best single model, ensemble and Fashion-MNIST model beside the goals,
-    the studies' best and the best published numbers; the speed run's time to 99 %."""
+    the studies' best and the best published numbers; the speed run's time to 99 %; the members
+    and their cost curves."""
     rows, numbers = [], {}
     for label, row in config.rows.items():
         found = read_json(inputs.ensembles / f"{row.ensemble}.json")
@@ -200,7 +216,7 @@ def headline_section(inputs: Inputs, config: Headline) -> tuple[list[str], dict]
     numbers["speed_train_seconds"], numbers["speed_accuracy"] = seconds, speed["accuracy"]
     lines = ["## Headline results", "",
              "Test accuracy on the official 10,000 test images. Single model: the mean of the ensemble's members",
-             "(different seeds of one recipe), with their spread; ensemble: the members' averaged logits;",
+             "(seeds, and resamples where bagged, of one recipe), with their spread; ensemble: the members' averaged logits;",
              "Fashion-MNIST adds the logits of the mirrored image. Cost: the members' training minutes on this machine.",
              "", table(["row", "ensemble", "ours", "spread (std, min - max)", "goal", "goal met", "studies' best",
                         "published", "train min"], rows), "",
@@ -209,6 +225,7 @@ def headline_section(inputs: Inputs, config: Headline) -> tuple[list[str], dict]
              + (f"time to 99 %: {seconds:.1f} s (goal <= {config.speed_goal:g} s, "
                 f"{'met' if seconds <= config.speed_goal else 'not met'})." if reached
                 else "it does not reach 99 %, so no time to 99 % is claimed."), ""]
+    lines += cost_section(inputs, list(dict.fromkeys(row.ensemble for row in config.rows.values())), figures)
     return lines, numbers
 
 
@@ -324,7 +341,7 @@ def build(inputs: Inputs, config: ReportConfig, builds: dict[str, Build], gan_bu
              f"Produced by `dvc repro` (stage `report`) on: {machine()}.",
              "Accuracies are on each dataset's official test split (10,000 images), scored by `evaluate@<exp>`;",
              "the studies' numbers are what they report. `dvc metrics diff` compares `reports/metrics.json`.", ""]
-    headline_lines, headline_numbers = headline_section(inputs, config.headline)
+    headline_lines, headline_numbers = headline_section(inputs, config.headline, figures)
     lines += headline_lines
     lines += studies_section(inputs, config.studies, scores, trained, figures)
     sweep_lines, sweep_headline = sweeps_section(inputs, sweeps, figures)

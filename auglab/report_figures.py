@@ -6,6 +6,7 @@ auglab/report.py decides which are drawn and links them from the Markdown.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,33 @@ def curves(path: Path, live: dict[str, Path], title: str) -> None:
             axis.plot(epochs, values, style, color=color, label=f"{label} ({split})")
     axis.set_xlabel("epoch")
     axis.set_ylabel("loss")
+    axis.set_title(title, fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    save(figure, path)
+
+
+def minutes_and_val(live: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(training minutes at the end of each epoch, val accuracy then) of one DVCLive directory: the
+    summary's train_seconds shared out over the epochs by their logged speed (1 / img/s each)."""
+    _, speed = read_tsv(live / "plots/metrics/img_per_s.tsv")
+    _, accuracy = read_tsv(live / "plots/metrics/val/acc.tsv")
+    seconds = json.loads((live / "metrics.json").read_text())["train_seconds"]
+    share = np.cumsum(1 / np.array(speed)) / np.sum(1 / np.array(speed))
+    return share * seconds / 60, np.array(accuracy)
+
+
+def cost_curves(path: Path, live: dict[str, Path], title: str) -> None:
+    """Val accuracy against minutes of training, one line per labelled DVCLive directory."""
+    figure = Figure(figsize=(7, 3.5))
+    axis = figure.subplots()
+    for label, folder in live.items():
+        minutes, accuracy = minutes_and_val(folder)
+        axis.plot(minutes, accuracy, ".-", label=label)
+    top = max(minutes_and_val(folder)[1].max() for folder in live.values())
+    axis.set_ylim(top - 0.02, min(1.0, top + 0.003))  # the last points, where members differ
+    axis.set_xlabel("minutes of training (this machine)")
+    axis.set_ylabel("val accuracy")
     axis.set_title(title, fontsize=9)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)

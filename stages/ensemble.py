@@ -1,6 +1,7 @@
-"""Stage ensemble@<name>: average the test logits of several trained experiments (seeds of one
-recipe), with horizontal-flip test-time augmentation where the ensemble asks for it; write the
-ensemble's accuracy beside each member's, their mean and spread, and the members' training time."""
+"""Stage ensemble@<name>: average the test logits of several trained experiments (seeds or
+resamples of one recipe), with horizontal-flip test-time augmentation where the ensemble asks for it; write the
+ensemble's accuracy beside each member's, their mean and spread, its gain over the best member,
+and the members' training time."""
 
 import json
 from pathlib import Path
@@ -30,7 +31,8 @@ def main(args) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)
     cli.log(f"ensemble@{args.name}: {len(members)} models{' + flips' if config.flips else ''}: test acc "
-            f"{result['accuracy']:.4f}; members {result['member_mean']:.4f} +- {result['member_std']:.4f}")
+            f"{result['accuracy']:.4f}; members {result['member_mean']:.4f} +- {result['member_std']:.4f}, "
+            f"gain over the best member {result['gain_over_best_member']:+.4f}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def test_summary_of_three_members():
     assert found["accuracy"] == 1.0  # the mean logits get all four right
     assert found["member_mean"] == pytest.approx(2 / 3) and found["member_std"] == pytest.approx(np.std([0.75, 0.75, 0.5]))
     assert (found["member_min"], found["member_max"], found["images"]) == (0.5, 0.75, 4)
+    assert found["gain_over_best_member"] == pytest.approx(0.25)
 
 
 def test_members_must_agree_on_shape():

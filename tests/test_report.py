@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from auglab import report
+from auglab import report, report_figures
 from auglab.params import Study
 
 
@@ -35,3 +35,18 @@ def test_sanity_scores_every_image_of_a_small_build_and_a_fixed_sample_of_a_larg
     assert len(sample) == len(set(sample.tolist())) == 1000 and sample.tolist() == sorted(sample.tolist())
     assert 0 <= sample[0] and sample[-1] < 144_000 and sample[-1] - sample[0] > 100_000  # spread, not a prefix
     assert report.sample_rows(144_000, limit=1000).tolist() == sample.tolist()  # the same rows every run
+
+
+def test_cost_curves_share_the_training_seconds_over_epochs_by_their_speed(tmp_path):
+    from dvclive import Live
+
+    with Live(dir=str(tmp_path / "live"), save_dvc_exp=False, dvcyaml=None) as live:
+        for speed, accuracy in ((100.0, 0.9), (200.0, 0.95), (100.0, 0.97)):  # the 2nd epoch took half as long
+            live.log_metric("val/acc", accuracy, plot=True)
+            live.log_metric("img_per_s", speed, plot=True)
+            live.next_step()
+        live.summary["train_seconds"] = 60.0
+    minutes, accuracy = report_figures.minutes_and_val(tmp_path / "live")
+    assert minutes.tolist() == pytest.approx([0.4, 0.6, 1.0]) and accuracy.tolist() == [0.9, 0.95, 0.97]
+    report_figures.cost_curves(tmp_path / "cost.png", {"a": tmp_path / "live"}, "t")
+    assert (tmp_path / "cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
