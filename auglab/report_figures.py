@@ -62,10 +62,10 @@ def cost_curves(path: Path, live: dict[str, Path], title: str) -> None:
     """Val accuracy against minutes of training, one line per labelled DVCLive directory."""
     figure = Figure(figsize=(7, 3.5))
     axis = figure.subplots()
-    for label, folder in live.items():
-        minutes, accuracy = minutes_and_val(folder)
+    curves = {label: minutes_and_val(folder) for label, folder in live.items()}
+    for label, (minutes, accuracy) in curves.items():
         axis.plot(minutes, accuracy, ".-", label=label)
-    top = max(minutes_and_val(folder)[1].max() for folder in live.values())
+    top = max(accuracy.max() for _, accuracy in curves.values())
     axis.set_ylim(top - 0.02, min(1.0, top + 0.003))  # the last points, where members differ
     axis.set_xlabel("minutes of training (this machine)")
     axis.set_ylabel("val accuracy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from dvclive import Live
 
 from auglab import report, report_figures
 from auglab.params import Study
@@ -38,8 +39,6 @@ def test_sanity_scores_every_image_of_a_small_build_and_a_fixed_sample_of_a_larg
 
 
 def test_cost_curves_share_the_training_seconds_over_epochs_by_their_speed(tmp_path):
-    from dvclive import Live
-
     with Live(dir=str(tmp_path / "live"), save_dvc_exp=False, dvcyaml=None) as live:
         for speed, accuracy in ((100.0, 0.9), (200.0, 0.95), (100.0, 0.97)):  # the 2nd epoch took half as long
             live.log_metric("val/acc", accuracy, plot=True)

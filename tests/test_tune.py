@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from auglab import params, train, tune
@@ -91,10 +92,7 @@ def test_promote_command_writes_yaml_values():
                     "-S '++train.experiments.s1_cnn_maxpool.batch_size=64' -S '++train.experiments.s1_cnn_maxpool.x=true'")
 
 
-
 def test_bagging_draws_a_seeded_subset_per_member():
-    import numpy as np
-
     ids = np.arange(1000).reshape(1000, 1, 1)  # each image is its own index
     drawn, labels = train.resample(ids, ids.ravel() % 10, 0.8, seed=0)
     assert drawn.shape == (800, 1, 1) and np.array_equal(labels, drawn.ravel() % 10)  # pairs stay together
