@@ -2,13 +2,15 @@
 
 A host with AVX-512, one with AVX2 only, and a plain one are imitated on this machine by the
 libraries' own switches (ATEN_CPU_CAPABILITY, NPY_DISABLE_CPU_FEATURES, MKL_ENABLE_INSTRUCTIONS,
-ONEDNN_MAX_CPU_ISA); the stages run under each, as DVC runs them, and their outputs are compared
-byte for byte. See auglab/augment.py and auglab/gan.py for why the bytes cannot move.
+ONEDNN_MAX_CPU_ISA); the stage scripts run under each (in one process per host, see
+tests/run_stages.py) and their outputs are compared byte for byte. See auglab/augment.py and
+auglab/gan.py for why the bytes cannot move.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -142,10 +144,12 @@ def outputs_under(root: Path, commands: dict[str, str], host: str) -> dict[str, 
                            env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert host == "native" or probe == {"avx2": "AVX2", "plain": "DEFAULT"}[host], probe
     ran = [name for name in commands if name.split("@")[0] in (*DATA_STAGES, "gan_sample")]
-    for name in ran:
-        done = subprocess.run(commands[name], shell=True, cwd=copy, env=env, capture_output=True, text=True, check=False)
-        assert done.returncode == 0, f"{name} under {host}: {done.stderr}"
     assert {"augment@toy_every_op", "gan_sample@toy", "preprocess@toy"} <= set(ran)
+    # the stages in dvc.yaml's order, in one process per host: the kernels are chosen at start-up
+    (copy / "steps.json").write_text(json.dumps([{"cmd": commands[name]} for name in ran]))
+    done = subprocess.run([sys.executable, str(ROOT / "tests/run_stages.py"), "steps.json"], cwd=copy, env=env,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"under {host}: {done.stderr}"
     return {**digest_tree(copy / "data"), **digest_tree(copy / "artifacts/gan")}
 
 
