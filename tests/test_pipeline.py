@@ -20,9 +20,17 @@ from ruamel.yaml import YAML
 from auglab import shards
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]  # `dvc repro` from the official data sources
-_spec = importlib.util.spec_from_file_location("tour", ROOT / "ci/tour.py")  # a script, not a package
-tour = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tour)
+
+
+def script(name: str):
+    """A module of ci/ (scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "ci" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tour, profile = script("tour"), script("profile")
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "CI": "1"}
 
 
@@ -90,7 +98,8 @@ def test_repro_builds_every_stage_with_the_expected_splits(built):
     assert shards.read_split(root / "data/split/mnist", "s2_1000").ids.tolist() == list(range(550, 1550))
     assert mnist["train_100"]["class_counts"] == [10] * 10
     fashion = shards.read_manifest(root / "data/split/fashion_mnist")["splits"]
-    assert fashion["train"]["class_counts"] == [4800] * 10 and fashion["val"]["class_counts"] == [1200] * 10
+    val = profile.FASHION_VAL  # the profile's val split, stratified: the rest of the 60,000 is train
+    assert fashion["train"]["class_counts"] == [(60_000 - val) // 10] * 10 and fashion["val"]["class_counts"] == [val // 10] * 10
     for dataset in ("mnist", "fashion_mnist"):
         raw = json.loads((root / f"data/raw/{dataset}/manifest.json").read_text())
         assert raw["source"]["verified"] == "pinned sha256 of every file and golden class counts"
@@ -100,8 +109,9 @@ def test_repro_builds_every_stage_with_the_expected_splits(built):
     assert abs(stats["mean"] - 0.1307) < 1e-3 and abs(stats["std"] - 0.3081) < 1e-3
     rows = {b: shards.read_manifest(root / "data/augmented" / b.replace("_s", "/s", 1))["splits"] for b in builds}
     assert rows["mnist_s2_expand"]["s2_expand"]["class_counts"] == [1000] * 10
-    assert rows["fashion_mnist_s1_copies"]["s1_copies"]["rows"] == 144_000
-    assert rows["mnist_s0_light"]["s0_light"]["rows"] == 110_000
+    assert profile.AUGMENT_SOURCE == "train_10000"  # three views of it, and two copies
+    assert rows["fashion_mnist_s1_copies"]["s1_copies"]["rows"] == 30_000
+    assert rows["mnist_s0_light"]["s0_light"]["rows"] == 20_000
     assert rows["mnist_s2_code"]["s2_code"]["rows"] == rows["mnist_s2_prose"]["s2_prose"]["rows"] == 10_000
     expanded = shards.read_split(root / "data/augmented/mnist/s2_expand", "s2_expand")
     subset = shards.read_split(root / "data/split/mnist", "train_100")
@@ -109,7 +119,7 @@ def test_repro_builds_every_stage_with_the_expected_splits(built):
     generated = shards.read_manifest(root / "data/gan/fashion_mnist")["splits"]["gan"]
     assert generated["class_counts"] == [6000] * 10
     score = json.loads((root / "artifacts/gan/fashion_mnist/score.json").read_text())
-    assert score["cas_train_images"] == 48_000 and score["fid_images"] == 10_000 and score["fid"] > 0
+    assert score["cas_train_images"] == 60_000 - val and score["fid_images"] == profile.FID_SAMPLES and score["fid"] > 0
 
 
 def test_second_repro_runs_nothing(built):
