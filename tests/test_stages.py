@@ -24,6 +24,7 @@ from dvc.utils.hydra import apply_overrides
 
 PLUMBING = {"__init__", "cli", "params", "schema", "files"}  # shape no output; not listed as stage deps
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+OTHER_PARAMS_FILES = ("report.yaml",)  # params files besides params.yaml; hidden from stages not declaring them
 
 
 def stages(root: Path) -> list:
@@ -122,7 +123,7 @@ def run_stage(root: Path, stage: dict, params: dict) -> subprocess.CompletedProc
     files (report.yaml) from every stage that does not declare them."""
     with open(root / "params.yaml", "w") as f:
         YAML_SAFE.dump(only(params, stage["params"]), f)
-    for name in ("report.yaml",):
+    for name in OTHER_PARAMS_FILES:
         hidden = root / f".{name}.hidden"
         if name in stage["files"] and hidden.exists():
             hidden.rename(root / name)
@@ -139,9 +140,9 @@ def run_in_one_process(root: Path, found: list[dict], params: dict) -> subproces
     for stage in found:
         text = io.StringIO()
         YAML_SAFE.dump(only(params, stage["params"]), text)
-        hidden = [name for name in ("report.yaml",) if name not in stage["files"]]
-        steps.append({"cmd": stage["cmd"], "params": text.getvalue(), "hide": hidden,
-                      "show": [name for name in ("report.yaml",) if name not in hidden]})
+        steps.append({"cmd": stage["cmd"], "params": text.getvalue(),
+                      "hide": [name for name in OTHER_PARAMS_FILES if name not in stage["files"]],
+                      "show": [name for name in OTHER_PARAMS_FILES if name in stage["files"]]})
     (root / "steps.json").write_text(json.dumps(steps))
     return subprocess.run([sys.executable, str(ROOT / "tests/run_stages.py"), "steps.json"], cwd=root, env=ENV,
                           capture_output=True, text=True, check=False)
