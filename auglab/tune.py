@@ -134,15 +134,18 @@ def storage(where: str | Path) -> optuna.storages.BaseStorage:
     postgresql://..., mysql+pymysql://...: machines that reach the server share it); anything
     else is a journal file (processes that share its filesystem share it)."""
     if "://" in str(where):
-        for attempt in (1, 2):
+        for attempt in range(1, STORAGE_TRIES + 1):
             try:
                 return RDBStorage(str(where))
             except Exception as e:  # noqa: BLE001  sqlalchemy's errors for bad URLs, missing drivers, refused connections
-                if attempt == 2:
+                # a worker starting at the same moment may be creating the tables ("table ... already
+                # exists", "database is locked"): wait and retry; any other error is the URL's
+                racing = any(s in str(e) for s in ("already exists", "is locked", "UNIQUE constraint"))
+                if attempt == STORAGE_TRIES or not racing:
                     raise AuglabError(f"tune.storage {str(where)!r}: cannot open ({type(e).__name__}: "
                                       f"{str(e).splitlines()[0]}); expected a journal file path or a database "
                                       "URL Optuna can open") from None
-                time.sleep(1.0)  # a worker starting at the same moment may be creating the tables
+                time.sleep(0.5 * attempt)
     path = Path(where)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a process killed while appending leaves the journal's lock file behind: after LOCK_GRACE
@@ -215,6 +218,7 @@ def search(config: TuneSection, objective: Objective, log: Callable[[str], None]
 
 UNCLAIMED_SECONDS = 30.0  # a trial's process names itself milliseconds after opening it
 LOCK_GRACE = 30  # seconds before a journal lock file left by a killed process is released
+STORAGE_TRIES = 5  # opens of a database URL while another worker may be creating its tables
 
 
 def fail_abandoned(study: optuna.Study, log: Callable[[str], None], unclaimed: float = UNCLAIMED_SECONDS) -> None:
