@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -77,24 +78,14 @@ def test_trials_left_running_by_gone_processes_are_failed(tmp_path):
 def test_first_opens_of_a_new_database_at_once_all_succeed(tmp_path):
     """Workers started together on a new database all create its tables at the same moment; the
     losers of that race ("table alembic_version already exists", seen in `make test-fast`) retry."""
+    def open_it(where: str, start: threading.Barrier) -> None:
+        start.wait()
+        tune.make_study(config(), "shared", tune.storage(where))
+
     for round_ in range(3):
-        where = f"sqlite:///{tmp_path}/round{round_}.db"
-        start = threading.Barrier(4, timeout=60)
-        errors: list[Exception] = []
-
-        def open_it(where=where, start=start, errors=errors):
-            start.wait()
-            try:
-                tune.make_study(config(), "shared", tune.storage(where))
-            except Exception as e:  # noqa: BLE001  collected and asserted below
-                errors.append(e)
-
-        workers = [threading.Thread(target=open_it) for _ in range(4)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        assert errors == []
+        where, start = f"sqlite:///{tmp_path}/round{round_}.db", threading.Barrier(4, timeout=60)
+        with ThreadPoolExecutor(4) as pool:  # a worker's error is raised here
+            list(pool.map(open_it, [where] * 4, [start] * 4))
         assert optuna.study.get_all_study_names(tune.storage(where)) == ["shared"]
 
 
