@@ -126,14 +126,16 @@ def test_exp_run_set_member_key_changes_that_member_only(tmp_path):
     assert params.read_yaml(path)["train"]["recipes"] == repo_params(tmp_path)["train"]["recipes"]
 
 
-def test_headline_members_differ_in_the_seed_only():
-    """One recipe said once: the three members are the same experiment but for the seed (and each
-    is what train.experiments.headline_mnist_<seed> was before recipes existed)."""
-    found = [params.load_experiment(ROOT / "params.yaml", "members", f"headline_mnist_{seed}") for seed in range(3)]
-    assert [run.seed for run in found] == [0, 1, 2]
+@pytest.mark.parametrize("recipe, dataset, seeds, epochs", [("headline_mnist", "mnist", 3, 20),
+                                                            ("headline_fashion", "fashion_mnist", 2, 25)])
+def test_headline_members_differ_in_the_seed_only(recipe, dataset, seeds, epochs):
+    """One recipe said once: a headline's members are the same experiment but for the seed (MNIST's
+    are what train.experiments.headline_mnist_<seed> was before recipes existed)."""
+    found = [params.load_experiment(ROOT / "params.yaml", "members", f"{recipe}_{seed}") for seed in range(seeds)]
+    assert [run.seed for run in found] == list(range(seeds)) and {run.dataset for run in found} == {dataset}
     assert all(run.model_copy(update={"seed": 0}) == found[0] for run in found)
-    assert (found[0].model, found[0].epochs, found[0].optimizer.lr, found[0].schedule.name) == ("fan_out_cnn", 15, 0.05,
-                                                                                               "onecycle")
+    assert (found[0].model, found[0].model_kwargs["dropout"], found[0].epochs, found[0].optimizer.lr,
+            found[0].schedule.name) == ("fan_out_cnn", 0.0, epochs, 0.05, "onecycle")
 
 
 def test_yaml_anchor_spreads_an_override_to_every_alias(tmp_path):
@@ -150,7 +152,7 @@ def test_yaml_anchor_spreads_an_override_to_every_alias(tmp_path):
     "change, message",
     [
         ({"members": {"headline_mnist_1": {"recipe": "x"}}},
-         "train.members.headline_mnist_1.recipe: unknown recipe 'x'; known: headline_mnist, s2_keras"),
+         "train.members.headline_mnist_1.recipe: unknown recipe 'x'; known: headline_mnist, headline_fashion, s2_keras"),
         ({"members": {"headline_mnist_1": {"dataset": None}}},
          "train.members.headline_mnist_1.dataset: missing required key (dvc.yaml reads it from the entry)"),
         ({"recipes": {"headline_mnist": {"shards": "split/mnist"}}},
