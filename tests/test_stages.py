@@ -343,7 +343,8 @@ def test_recipe_change_marks_its_members_stages_changed(tmp_path, monkeypatch):
     def changed(key: str) -> list:
         return [{"changed deps": {"params.yaml": {key: "modified"}}}]
 
-    assert status_after("train.recipes.headline_mnist.epochs=20") == {
+    epochs = YAML_SAFE.load((ROOT / "params.yaml").read_text())["train"]["recipes"]["headline_mnist"]["epochs"]
+    assert status_after(f"train.recipes.headline_mnist.epochs={epochs + 1}") == {  # a real change
         stage: changed("train.recipes.headline_mnist") for stage in members}
     assert status_after("train.members.headline_mnist_1.seed=7") == {
         "member@headline_mnist_1": changed("train.members.headline_mnist_1")}
