@@ -7,10 +7,6 @@ BIN    := $(CURDIR)/$(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN    := PATH="$(BIN):$$PATH"
-# pytest-xdist workers for make test / test-fast (0: one process). A worker takes a whole module
-# (fixtures are per module) and the longest module goes first: tests/conftest.py.
-WORKERS ?= 2
-PYTEST := python -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: repro test test-fast tour install apt-index bench clean-venv
 
@@ -19,11 +15,11 @@ repro: install apt-index  ## create .venv, install, fetch the data and run the w
 
 test: install apt-index  ## create .venv, install, lint, run the test suite (real data, real DVC)
 	$(RUN) ruff check .
-	$(RUN) $(PYTEST)
+	$(RUN) python -m pytest
 
 test-fast: install  ## the inner loop: units only, no `dvc repro`, stage subprocess or network (<= 2 min)
 	$(RUN) ruff check .
-	$(RUN) $(PYTEST) -m "not slow and not network"
+	$(RUN) python -m pytest -m "not slow and not network"
 
 tour: install apt-index  ## the whole pipeline on the CI profile in a scratch copy (~5 min); prints its report
 	$(RUN) python ci/tour.py $(DIR)

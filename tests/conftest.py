@@ -22,16 +22,6 @@ YAML_SAFE.default_flow_style = False
 YAML_SAFE.sort_base_mapping_type_on_output = False
 
 
-# The end-to-end module: its fixture reproduces the CI profile and its tests build on it (~6 of
-# make test's minutes). Run first, so that under `make test`'s two workers the other modules fill
-# the second worker meanwhile instead of waiting for it at the end.
-LONGEST_MODULE = "test_pipeline.py"
-
-
-def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name != LONGEST_MODULE)  # stable: the rest keep their order
-
-
 def synthetic_arrays(per_class: int = 20, test_per_class: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
     """Random 28x28 uint8 images, labels cycling 0..9 (so classes are balanced)."""
     rng = np.random.default_rng(seed)
