@@ -195,6 +195,7 @@ def search(config: TuneSection, objective: Objective, log: Callable[[str], None]
             break
         trial.set_user_attr("worker", worker)
         values = suggest(trial, config.space)
+        log(f"trial {trial.number}: running in {worker} with {values}")  # named: a kill from here on is seen
 
         def report(epoch: int, value: float, trial: optuna.Trial = trial) -> None:  # this iteration's trial
             trial.set_user_attr("epochs", epoch)
