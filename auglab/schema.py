@@ -410,6 +410,7 @@ class GanConfig(Section):
 class ScoreBuild(Section):
     dataset: str  # the GAN build's dataset (dvc.yaml reads it from the entry)
     extractor: str  # the train experiment whose penultimate layer embeds images for FID
+    real: str = "train"  # the real split CAS is measured against, on as many GAN images, class by class
 
 
 class GanScore(Section):

@@ -1,6 +1,7 @@
 """Rewrite params.yaml and the report.yaml beside it in place into the CI profile: the real data
 stages (a 2,000-image Fashion-MNIST val split, augment builds of at most 10,000 source images),
-four experiments (and one train.members entry) and one GAN cut to seconds of training, S1's
+four experiments (and one train.members entry) and one GAN cut to seconds of training (1,000
+samples per class, CAS against 10,000 real train images), S1's
 sweeps cut to 2 x 2 + 2 + 2 one-epoch cells, a 3-trial search, one flip-averaged "ensemble", and
 the report restricted to what they produce.
 
@@ -22,14 +23,24 @@ FINETUNE = {"s0_transfer_tuned": {"epochs": 2}}
 MEMBERS = {"s2_code_100": {"epochs": 3}}  # member@ and evaluate_member@: S2's first 100, Keras-style
 # Where the profile's seconds went besides training (bench/pipeline_cost.py on `make tour`): scoring
 # a 12,000-image val split after every epoch, augmenting 48,000-55,000 images per build, FID
-# features of 3 x 10,000 images. The same stages, on smaller inputs. (The GAN still writes 6,000
-# images per class: CAS trains on as many as the real train split holds.)
+# features of 3 x 10,000 images, writing 60,000 GAN samples and training CAS on them and on the
+# 58,000 real train images. The same stages, on smaller inputs.
 FASHION_VAL = 2000  # val images of Fashion-MNIST (200 per class; 58,000 stay train)
 AUGMENT_SOURCE = "train_10000"  # what the whole-train-split recipes (s1_copies, s0_light) augment
 FID_SAMPLES = 2000  # generated (and as many real test and train) images FID compares
+CAS_REAL = "train_10000"  # the real split CAS compares with: it trains on as many GAN samples ...
+GAN_PER_CLASS = 1000  # ... so the GAN writes 1,000 per class, not 6,000
 
 
-def shrink(data: dict) -> None:
+def scores_against_a_subset(root: Path) -> bool:
+    """Whether the checkout at `root` has `gan.score.builds.<build>.real` (since 2026-12-03). A base
+    checkout from before it scores CAS against the whole train split, so its GAN keeps writing
+    6,000 images per class (ci/review.sh profiles such a base too)."""
+    schema = root / "auglab/schema.py"
+    return schema.is_file() and "\n    real: str" in schema.read_text()
+
+
+def shrink(data: dict, subset: bool = True) -> None:
     for group, kept in (("experiments", EXPERIMENTS), ("finetune", FINETUNE)):
         entries = data["train"][group]
         for name in list(entries):
@@ -51,6 +62,9 @@ def shrink(data: dict) -> None:
     gan["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "steps": 20}}
     gan["score"]["fid_samples"] = FID_SAMPLES
     gan["score"]["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "extractor": "s1_cnn_maxpool"}}
+    if subset:
+        gan["builds"]["fashion_mnist"]["samples_per_class"] = GAN_PER_CLASS
+        gan["score"]["builds"]["fashion_mnist"]["real"] = CAS_REAL
     gan["score"]["classifier"]["epochs"] = 1
     sweeps = data["sweeps"]
     sweeps["base"].update(train=["train_1000"], epochs=1)
@@ -84,7 +98,7 @@ def shrink_report(report: dict) -> None:
 def main(path: Path) -> None:
     yaml = YAML()
     data = yaml.load(path)
-    shrink(data)
+    shrink(data, scores_against_a_subset(path.resolve().parent))
     if "report" in data:  # a checkout from before report.yaml
         shrink_report(data["report"])
     yaml.dump(data, path)

@@ -33,7 +33,7 @@ def main(args) -> None:
     experiment = params.experiment(params.load_key(args.params, "train.defaults"), entry, "gan.score.classifier")
     device = runtime.setup(experiment.device)
     stats = json.loads(args.stats.read_text())
-    real = shards.read_split(args.splits, "train")
+    real = shards.read_split(args.splits, build.real)
     val, test = (shards.read_split(args.splits, name) for name in ("val", "test"))
     samples = shards.read_split(args.samples, "gan")
     val_data = runtime.DeviceData.from_numpy(val.images, val.labels, device)

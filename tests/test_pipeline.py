@@ -117,9 +117,10 @@ def test_repro_builds_every_stage_with_the_expected_splits(built):
     subset = shards.read_split(root / "data/split/mnist", "train_100")
     assert set(expanded.extra["source_id"].tolist()) == set(subset.ids.tolist())
     generated = shards.read_manifest(root / "data/gan/fashion_mnist")["splits"]["gan"]
-    assert generated["class_counts"] == [6000] * 10
+    assert generated["class_counts"] == [profile.GAN_PER_CLASS] * 10
     score = json.loads((root / "artifacts/gan/fashion_mnist/score.json").read_text())
-    assert score["cas_train_images"] == 60_000 - val and score["fid_images"] == profile.FID_SAMPLES and score["fid"] > 0
+    cas_real = fashion[profile.CAS_REAL]["rows"]  # CAS trains on as many GAN images as this real split holds
+    assert cas_real == 10 * profile.GAN_PER_CLASS and score["cas_train_images"] == cas_real and score["fid_images"] == profile.FID_SAMPLES and score["fid"] > 0
 
 
 def test_second_repro_runs_nothing(built):
