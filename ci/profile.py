@@ -1,9 +1,9 @@
 """Rewrite params.yaml and the report.yaml beside it in place into the CI profile: the real data
 stages (a 2,000-image Fashion-MNIST val split, augment builds of at most 10,000 source images),
 four experiments (and one train.members entry) and one GAN cut to seconds of training (1,000
-samples per class, CAS against 10,000 real train images), S1's
-sweeps cut to 2 x 2 + 2 + 2 one-epoch cells, a 3-trial search, one flip-averaged "ensemble", and
-the report restricted to what they produce.
+samples per class, CAS against 10,000 real train images), S1's sweeps cut to 2 x 2 + 2 + 2
+one-epoch cells, a 3-trial search, one flip-averaged "ensemble", and the report restricted to
+what they produce.
 
 Round-trip YAML (comments kept, as `dvc exp run -S` keeps them). Used by ci/review.sh, which the
 GitHub workflow runs, and by tests/test_pipeline.py, so the workflow runs a tested profile. A

@@ -197,7 +197,7 @@ def check_overrides(argv: list[str], copy: Path, tmp_path: Path, what: str) -> N
     page's params.yaml and validate the result with the project's loader."""
     from dvc.utils.hydra import apply_overrides
 
-    overrides = [argv[i + 1] for i, word in enumerate(argv[:-1]) if word in ("-S", "--set-param")]
+    overrides = experiment_args(argv).set_param
     if not overrides:
         return
     path = tmp_path / "params.yaml"
@@ -209,16 +209,22 @@ def check_overrides(argv: list[str], copy: Path, tmp_path: Path, what: str) -> N
         pytest.fail(f"{what}: `{shlex.join(argv)}` leaves params.yaml invalid: {error}")
 
 
+def experiment_args(argv: list[str]):
+    """A `dvc exp run ...` command as dvc's own parser reads it (`set_param`, `targets`)."""
+    from dvc.cli import parse_args
+
+    return parse_args(argv[1:])
+
+
 def dry_experiment(argv: list[str], copy: Path, what: str) -> None:
     """`dvc exp run -S ...` without the experiment machinery, which tests/test_pipeline.py runs for
     real (its temporary workspace cost ~2.5 s a command here): the overrides applied to the copy's
     params.yaml by DVC's own Hydra code, as `dvc exp run` applies them, then `dvc repro --dry` of
     the command's targets, which resolves every stage on the changed params; params.yaml is
     restored after."""
-    from dvc.cli import parse_args
     from dvc.utils.hydra import apply_overrides
 
-    args = parse_args(argv[1:])
+    args = experiment_args(argv)
     path = copy / "params.yaml"
     before = path.read_bytes()
     try:
@@ -251,8 +257,7 @@ def long_flags(words: list[str]) -> list[str]:
 def cheap(argv: list[str], copy: Path, tmp_path: Path, what: str, dry: bool) -> str:
     """Check one documented command in its cheap form; return how. With `dry`, the costly forms
     that need a separate slow test (`dvc exp run`'s overrides + `dvc repro --dry`, a whole-graph
-    `dvc repro --dry`) run
-    instead; other commands return "" then."""
+    `dvc repro --dry`) run instead; other commands return "" then."""
     head, rest = argv[0], argv[1:]
     if head == "make":
         if dry:
