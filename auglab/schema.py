@@ -401,6 +401,7 @@ class GanConfig(Section):
     log_every: PositiveInt  # steps per logged loss row
     checkpoint_every: PositiveInt  # steps between resumable checkpoints
     samples_per_class: PositiveInt  # images written per class
+    z_scale: PositiveFloat = 1.0  # sampling noise z ~ N(0, z_scale^2): above 1 more varied samples, below more typical
     min_confidence: Annotated[float, Field(ge=0, lt=1)]  # D's auxiliary head must give the class this; 0 = keep all
     seed: NonNegativeInt  # seeds init, batches, noise and sampling
     device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when present

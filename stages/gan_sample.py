@@ -14,17 +14,17 @@ def main(args) -> None:
     generator, judge, trained, class_names = gan.load_sampler(args.generator, device)
     with atomic_dir(args.out) as staging:
         info, acceptance = gan.write_samples(staging, generator, config.samples_per_class, trained.dataset,
-                                             config.seed, judge, config.min_confidence)
+                                             config.seed, judge, config.min_confidence, config.z_scale)
         shards.write_manifest(staging, {"gan": info}, dataset=trained.dataset, build=args.build,
                               source=trained.source, class_names=class_names, min_confidence=config.min_confidence,
-                              acceptance=round(acceptance, 4))
+                              acceptance=round(acceptance, 4), z_scale=config.z_scale)
         samples = shards.read_split(staging, "gan")
         grid = temp_path(args.grid)
-        plots.class_grid(grid, samples.images, samples.labels, class_names,
-                         f"{trained.dataset} / gan {args.build}: samples per class (EMA generator)")
+        plots.class_grid(grid, samples.images, samples.labels, class_names, f"{trained.dataset} / gan {args.build}: "
+                         f"samples per class (EMA generator, z scale {config.z_scale:g})")
     grid.replace(args.grid)
     write_json_atomic(args.metrics, {"samples": info.rows, "acceptance": round(acceptance, 4),
-                                     "min_confidence": config.min_confidence})
+                                     "min_confidence": config.min_confidence, "z_scale": config.z_scale})
     cli.log(f"gan {args.build}: {info.rows:,} samples, per class {info.class_counts}; "
             f"{acceptance:.1%} of draws passed min_confidence {config.min_confidence}")
 

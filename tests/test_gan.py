@@ -111,6 +111,13 @@ def test_training_moves_the_discriminator_towards_real(tmp_path):
     assert result.history[-1]["d_real"] > result.history[-1]["d_fake"]
 
 
+def test_z_scale_widens_the_samples():
+    g, labels = generator(), torch.zeros(200, dtype=torch.long)
+    narrow = gan.sample(g, labels, torch.Generator().manual_seed(0), z_scale=0.25).float()
+    wide = gan.sample(g, labels, torch.Generator().manual_seed(0), z_scale=2.0).float()
+    assert wide.std(0).mean() > narrow.std(0).mean()
+
+
 def test_resume_ends_with_the_same_weights(tmp_path):
     data, cfg = toy_data(128), config(steps=10, log_every=3)
     straight = gan.train(cfg, data, tmp_path / "a.pt", log=lambda m: None)
