@@ -246,14 +246,19 @@ def studies_section(inputs: Inputs, studies: dict[str, Study], scores: dict[str,
 
 def gan_section(inputs: Inputs, gan: dict[str, dict], figures: Path) -> list[str]:
     """FID and CAS per GAN build, with each build's sample grid and loss curves."""
+    fid_images = sorted({g["fid_images"] for g in gan.values()})
+    images = " / ".join(f"{n:,}" for n in fid_images)
     lines = ["## GAN samples", "",
-             "FID: 10,000 samples vs the 10,000 real test images in the penultimate features of `extractor`",
-             "(floor: the same distance for 10,000 real train images). CAS: LeNet-5 trained on GAN samples only,",
-             "tested on the real test set, beside the same classifier trained on the real train split.", "",
-             table(["build", "FID", "FID floor", "extractor", "CAS", "real", "real - CAS", "kept draws", "GAN s"],
+             f"FID: {images} samples vs as many real test images in the penultimate features of `extractor`",
+             "(floor: the same distance for as many real train images). CAS: LeNet-5 trained on GAN samples only,",
+             "tested on the real test set, beside the same classifier trained on the real split",
+             "`gan.score.builds.<build>.real` (the GAN set has its class counts).",
+             "z: the noise scale the samples were drawn at (`z_scale`).", "",
+             table(["build", "FID", "FID floor", "extractor", "CAS", "real", "real - CAS", "z", "kept draws",
+                    "GAN steps", "GAN s"],
                    [[b, number(g["fid"], 2), number(g["fid_real_train"], 2), f"`{g['extractor']}`",
-                     number(g["cas"]), number(g["real_accuracy"]), number(g["cas_gap"]),
-                     f"{g['acceptance']:.1%}", f"{g['seconds']:.0f}"] for b, g in gan.items()]), ""]
+                     number(g["cas"]), number(g["real_accuracy"]), number(g["cas_gap"]), f"{g.get('z_scale', 1.0):g}",
+                     f"{g['acceptance']:.1%}", f"{g['steps']:,}", f"{g['seconds']:.0f}"] for b, g in gan.items()]), ""]
     for name in gan:
         for picture in ("grid", "losses"):
             shutil.copy(inputs.gan / name / f"{picture}.png", figures / f"gan_{name}_{picture}.png")
