@@ -59,7 +59,7 @@ def shrink(data: dict, subset: bool = True) -> None:
         if recipe["source"] == "train":
             recipe["source"] = AUGMENT_SOURCE
     gan = data["gan"]
-    gan["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "steps": 20}}
+    gan["builds"] = {"fashion_mnist": {**gan["builds"]["fashion_mnist"], "steps": 20}}  # its recipe, 20 steps
     gan["score"]["fid_samples"] = FID_SAMPLES
     gan["score"]["builds"] = {"fashion_mnist": {"dataset": "fashion_mnist", "extractor": "s1_cnn_maxpool"}}
     if subset:
