@@ -155,7 +155,6 @@ def test_each_stage_runs_with_only_its_declared_params(project):
         "download@toy", "split@toy", "preprocess@toy",
         "augment@toy_s2_expand", "augment@toy_s1_copies", "augment@toy_s0_light",
         "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned", "member@toy_seed_1",
-        "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "evaluate_member@toy_seed_1",
         "ensemble@toy_pair", "gan@toy",
         "gan_sample@toy", "gan_score@toy", "grid@adam", "grid@sgd",
         "batch@8", "batch@32",
@@ -326,9 +325,11 @@ def test_recipe_change_marks_its_members_stages_changed(tmp_path, monkeypatch):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("{}")
     for name in (stage.partition("@")[2] for stage in recorded):
-        for path in ("model.pt", "live/metrics.json", "live/plots/metrics/acc.tsv"):
-            (tmp_path / "artifacts/models" / name / path).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / "artifacts/models" / name / path).write_text(name)
+        for path in (f"models/{name}/model.pt", f"models/{name}/live/metrics.json",
+                     f"models/{name}/live/plots/metrics/acc.tsv", f"eval/{name}/predictions.parquet",
+                     f"metrics/{name}.json", f"confusion/{name}.csv"):
+            (tmp_path / "artifacts" / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "artifacts" / path).write_text(name)
     with Repo(str(tmp_path)) as repo:
         for stage in recorded:
             repo.commit(stage, force=True)
