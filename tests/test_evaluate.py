@@ -4,7 +4,6 @@ rows are unlabelled."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import ROOT
+from conftest import script_module
 from test_train import STATS, experiment, toy_data
 
 from auglab import AuglabError, checkpoint, evaluate, plots, shards, train
@@ -99,19 +98,11 @@ def write_dataset(folder: Path, labelled_test: bool) -> None:
     shards.write_manifest(folder, splits, dataset="kaggle_toy", class_names=NAMES)
 
 
-def train_stage():
-    """stages/train.py as a module (a script, not a package): the scoring its stages end with."""
-    spec = importlib.util.spec_from_file_location("train_stage", ROOT / "stages/train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("labelled_test", [True, False])
 def test_scoring_writes_metrics_confusion_and_a_submission_for_unlabelled_test(model, tmp_path, labelled_test):
     write_dataset(tmp_path / "split", labelled_test)
     logged = []
-    result = train_stage().score("toy", model, tmp_path / "split", torch.device("cpu"), tmp_path / "eval",
+    result = script_module("stages/train.py").score("toy", model, tmp_path / "split", torch.device("cpu"), tmp_path / "eval",
                                  tmp_path / "m.json", tmp_path / "c.csv", logged.append)
     assert json.loads((tmp_path / "m.json").read_text()) == json.loads(json.dumps(result))
     assert logged and logged[-1].startswith(f"toy: {result['split']} accuracy {result['accuracy']:.4f}")

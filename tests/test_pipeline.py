@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, script_module
 from ruamel.yaml import YAML
 
 from auglab import shards
@@ -24,10 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.network]  # `dvc repro` from the off
 
 def script(name: str):
     """A module of ci/ (scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "ci" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module(f"ci/{name}.py")
 
 
 tour, profile = script("tour"), script("profile")

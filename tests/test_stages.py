@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, YAML_SAFE, synthetic_arrays, write_idx_folder
+from conftest import ROOT, YAML_SAFE, script_module, synthetic_arrays, write_idx_folder
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 from dvc.utils.hydra import apply_overrides
@@ -314,10 +313,7 @@ def test_recipe_change_marks_its_members_stages_changed(tmp_path, monkeypatch):
     """In a git + DVC copy of this checkout, with the headline members and one other MNIST experiment
     recorded in dvc.lock (dummy outputs, no training): `dvc exp run -S` on the recipe leaves all
     three member@ stages changed and nothing else; on one member's seed, that member alone."""
-    spec = importlib.util.spec_from_file_location("tour", ROOT / "ci/tour.py")  # a script, not a package
-    tour = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tour)
-    tour.clone(ROOT, tmp_path)
+    script_module("ci/tour.py").clone(ROOT, tmp_path)
     monkeypatch.chdir(tmp_path)  # DVC finds a target stage's dvc.yaml from the working directory
     members = [f"member@headline_mnist_{seed}" for seed in range(3)]
     recorded = [*members, "train@speed_mnist"]
