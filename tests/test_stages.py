@@ -391,3 +391,13 @@ def test_unknown_dataset_and_bad_params_messages(project):
                           cwd=root, capture_output=True, text=True, env=ENV, check=False)
     assert done.returncode == 1 and done.stderr.strip() == "error: preprocess.pad_to: expected int, got '32'"
     assert not (root / "o.json").exists()
+
+
+def test_lock_records_only_stages_of_the_pipeline():
+    """DVC rewrites a stage's dvc.lock entry when it runs and never drops the entry of a stage that
+    left dvc.yaml: stale entries grow the file every `dvc repro` parses (twice per no-op run) and
+    rewrites after each stage. The committed lock holds the stages dvc.yaml expands to, no others."""
+    with Repo(str(ROOT)) as repo:
+        stages = {stage.addressing for stage in repo.index.stages}
+    recorded = set(YAML_SAFE.load((ROOT / "dvc.lock").read_text())["stages"])
+    assert recorded - stages == set(), f"dvc.lock records stages dvc.yaml no longer has: {sorted(recorded - stages)}"
