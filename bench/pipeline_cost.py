@@ -3,6 +3,7 @@ steps), evaluation and other in-process work, process start-up + imports, data l
 DVC's bookkeeping between stages (hashing outputs, the cache, rewriting dvc.lock, checks).
 
     python bench/pipeline_cost.py --record DIR   # run `dvc repro` in DIR, timing every stage
+    python bench/pipeline_cost.py --record DIR --targets grid batch   # `dvc repro grid batch`, timed
     python bench/pipeline_cost.py [DIR]          # the table for DIR's timed run (default: here)
 
 `make tour` records its run; `--record` in the working copy times only the stages that are not
@@ -48,9 +49,9 @@ exit $status
 """
 
 
-def record(root: Path) -> int:
-    """Run `dvc repro` in `root` with the timing shim; every output line is echoed and logged
-    with its arrival time. Returns dvc's exit status."""
+def record(root: Path, targets: list[str] = ()) -> int:
+    """Run `dvc repro [targets]` in `root` with the timing shim; every output line is echoed and
+    logged with its arrival time. Returns dvc's exit status."""
     logs = root / LOGS
     logs.mkdir(parents=True, exist_ok=True)
     for name in ("processes.tsv", "repro.log"):
@@ -62,7 +63,7 @@ def record(root: Path) -> int:
     env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with open(logs / "repro.log", "w", buffering=1) as log:  # line by line: a killed run keeps its log
         log.write(f"{time.time():.3f}\t# dvc repro started\n")
-        process = subprocess.Popen(["dvc", "repro"], cwd=root, env=env, stdout=subprocess.PIPE,
+        process = subprocess.Popen(["dvc", "repro", *targets], cwd=root, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in process.stdout:
             sys.stdout.write(line)
@@ -202,10 +203,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path, nargs="?", default=ROOT, help="a DVC project (default: this one)")
     parser.add_argument("--record", action="store_true", help="run `dvc repro` in DIR, timed, and stop")
+    parser.add_argument("--targets", nargs="+", default=[], metavar="STAGE",
+                        help="with --record: what `dvc repro` reproduces (stages or foreach groups; default all)")
     args = parser.parse_args()
     root = args.dir.resolve()
     if args.record:
-        return record(root)
+        return record(root, args.targets)
     families, dvc_start, wall = split(root)
     print(f"`dvc repro` in {root}: {wall:.0f} s wall, {sum(v['stages'] for v in families.values()):.0f} stages\n")
     print(table(families, dvc_start, wall))
