@@ -49,7 +49,7 @@ exit $status
 """
 
 
-def record(root: Path, targets: list[str] = ()) -> int:
+def record(root: Path, targets: list[str] | None = None) -> int:
     """Run `dvc repro [targets]` in `root` with the timing shim; every output line is echoed and
     logged with its arrival time. Returns dvc's exit status."""
     logs = root / LOGS
@@ -63,7 +63,7 @@ def record(root: Path, targets: list[str] = ()) -> int:
     env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with open(logs / "repro.log", "w", buffering=1) as log:  # line by line: a killed run keeps its log
         log.write(f"{time.time():.3f}\t# dvc repro started\n")
-        process = subprocess.Popen(["dvc", "repro", *targets], cwd=root, env=env, stdout=subprocess.PIPE,
+        process = subprocess.Popen(["dvc", "repro", *(targets or [])], cwd=root, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in process.stdout:
             sys.stdout.write(line)
