@@ -21,6 +21,7 @@ from conftest import ROOT, YAML_SAFE, synthetic_arrays, write_idx_folder
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 from dvc.utils.hydra import apply_overrides
+from dvc.utils.serialize import load_yaml
 
 PLUMBING = {"__init__", "cli", "params", "schema", "files"}  # shape no output; not listed as stage deps
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -399,5 +400,5 @@ def test_lock_records_only_stages_of_the_pipeline():
     rewrites after each stage. The committed lock holds the stages dvc.yaml expands to, no others."""
     with Repo(str(ROOT)) as repo:
         stages = {stage.addressing for stage in repo.index.stages}
-    recorded = set(YAML_SAFE.load((ROOT / "dvc.lock").read_text())["stages"])
+    recorded = set(load_yaml(str(ROOT / "dvc.lock"))["stages"])  # DVC's own reader (C parser): 0.3 s, not 1 s
     assert recorded - stages == set(), f"dvc.lock records stages dvc.yaml no longer has: {sorted(recorded - stages)}"
