@@ -344,7 +344,7 @@ def build(inputs: Inputs, config: ReportConfig, builds: dict[str, Build], gan_bu
 
     lines = ["# auglab report", "",
              f"Produced by `dvc repro` (stage `report`) on: {machine()}.",
-             "Accuracies are on each dataset's official test split (10,000 images), scored by `evaluate@<exp>`;",
+             "Accuracies are on each dataset's official test split (10,000 images), scored by each training stage (`train@<exp>`) once its model is written;",
              "the studies' numbers are what they report. `dvc metrics diff` compares `reports/metrics.json`.", ""]
     headline_lines, headline_numbers = headline_section(inputs, config.headline, figures)
     lines += headline_lines

@@ -296,12 +296,16 @@ def train(
     log: Callable[[str], None] = print,
     init_state: dict | None = None,
     stop_after: int | None = None,
+    val_last_only: bool = False,
 ) -> Result:
     """Train `experiment` on device-resident data; resume from `checkpoint` when it matches.
 
     `on_epoch` receives each epoch's metrics row (also replayed for resumed epochs, so a logger
     sees the whole history). `init_state` is a pretrained model checkpoint for transfer learning.
     `stop_after` ends the run after that many epochs of this call (tests use it to interrupt).
+    `val_last_only` scores val after the last epoch only (val_loss and val_acc are None before it),
+    for runs that use nothing but the final scores (S1's grid and batch cells); a run that stops
+    early or steps its schedule on val loss is scored every epoch regardless.
     Inside a process group (torchrun) the ranks share every batch; rank 0 alone saves checkpoints.
     """
     device = train_data.images.device
@@ -357,6 +361,7 @@ def train(
     if ranks.world > 1:  # after resuming: DDP starts every rank from rank 0's weights and buffers
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
 
+    validate_every_epoch = not val_last_only or bool(experiment.early_stopping) or schedule_every == "val"
     stopped = False
     for epoch in range(start_epoch, experiment.epochs):
         if stop_after is not None and epoch - start_epoch >= stop_after:
@@ -381,7 +386,10 @@ def train(
             for buffer in model.buffers():
                 dist.broadcast(buffer, 0)
         seconds = time.perf_counter() - started
-        val_loss, val_acc = evaluate_shared(scored, val_data, inputs, dtype, ranks)
+        if validate_every_epoch or epoch + 1 == experiment.epochs:
+            val_loss, val_acc = evaluate_shared(scored, val_data, inputs, dtype, ranks)
+        else:
+            val_loss = val_acc = None
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -397,13 +405,14 @@ def train(
             scheduler.step()
         elif schedule_every == "val":
             scheduler.step(val_loss)
-        if val_loss < best["val_loss"]:
+        if val_loss is not None and val_loss < best["val_loss"]:
             best = {"epoch": epoch + 1, "val_loss": val_loss,
                     "state": {k: v.detach().clone() for k, v in scored.state_dict().items()}}
         history.append(row)
         on_epoch(row)
+        scores = "" if val_loss is None else f"val loss {val_loss:.4f} acc {val_acc:.4f}, "
         log(f"epoch {epoch + 1}/{experiment.epochs}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}, "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f}, {row['img_per_s']:,.0f} img/s")
+            f"{scores}{row['img_per_s']:,.0f} img/s")
         if ranks.rank == 0:  # every rank holds the same state; one writer
             save_atomic({
                 "fingerprint": expected, "epoch": epoch + 1, "history": history, "best": best,

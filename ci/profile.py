@@ -20,7 +20,7 @@ from ruamel.yaml import YAML
 EXPERIMENTS = {"s2_lenet_100": {"epochs": 3}, "s2_lenet_synthetic": {"epochs": 1},
                "s1_cnn_maxpool": {"train": ["train_1000"], "epochs": 1}}
 FINETUNE = {"s0_transfer_tuned": {"epochs": 2}}
-MEMBERS = {"s2_code_100": {"epochs": 3}}  # member@ and evaluate_member@: S2's first 100, Keras-style
+MEMBERS = {"s2_code_100": {"epochs": 3}}  # member@: S2's first 100, Keras-style
 # Where the profile's seconds went besides training (bench/pipeline_cost.py on `make tour`): scoring
 # a 12,000-image val split after every epoch, augmenting 48,000-55,000 images per build, FID
 # features of 3 x 10,000 images, writing 60,000 GAN samples and training CAS on them and on the

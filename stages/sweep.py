@@ -1,6 +1,7 @@
 """Stages grid@<optimizer>, batch@<size> and regularize@<penalty>: S1's sweeps. Each cell trains
 sweeps.base (over train.defaults) with one change, scores the official test split and writes the
-cell's test accuracy, val loss, epochs to converge and time as JSON.
+cell's test accuracy, val loss, epochs to converge and time as JSON. A cell scores val after its last
+epoch only, unless it stops early on val loss (regularize@): the report reads the final scores.
 
 A grid stage is one optimizer's column: every activation of sweeps.grid.activations in one process
 (one import of torch, one load of the data), one JSON per cell. Changing an optimizer's lr re-runs
@@ -46,7 +47,7 @@ def main(args) -> None:
     for (cell, _, changed, out, checkpoint), experiment in zip(todo, runs, strict=True):
         cli.log(f"{args.study}@{cell}: {experiment.model} on {len(train_data):,} images, {changed}")
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        result = train.train(experiment, train_data, val_data, stats, checkpoint, log=cli.log)
+        result = train.train(experiment, train_data, val_data, stats, checkpoint, log=cli.log, val_last_only=True)
         found = evaluate.predict(result.model, test.images, test.labels, stats["mean"], stats["std"], experiment.precision)
         accuracy = float((found.predicted == test.labels).mean())
         numbers = tune.summary(result, bool(experiment.early_stopping), accuracy, found.loss)

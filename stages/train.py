@@ -1,5 +1,7 @@
 """Stage train@<experiment> (and finetune@<name>, member@<name>): train one experiment on the device,
-logging every epoch with DVCLive; write the model. A killed run resumes from its checkpoint.
+logging every epoch with DVCLive; write the model, then score it on the dataset's test split in the
+same process (metrics, confusion rows, predictions, a gallery of misclassified images, Kaggle's
+submission.csv). A killed run resumes from its checkpoint, which stays until the scores are written.
 With the experiment's `nproc` > 1 the stage runs itself again under torchrun, one process per
 GPU (or gloo processes on CPU); started by torchrun already (multi-node), it joins as it is.
 Rank 0 alone logs, writes checkpoints and the model."""
@@ -7,14 +9,15 @@ Rank 0 alone logs, writes checkpoints and the model."""
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from dvclive import Live
 
-from auglab import checkpoint, cli, params, preprocess, runtime, shards, train
-from auglab.files import atomic_dir
+from auglab import checkpoint, cli, evaluate, params, plots, preprocess, runtime, shards, train
+from auglab.files import atomic_dir, write_bytes_atomic, write_json_atomic
 
 
 def load_set(directory: Path, splits: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +63,7 @@ def load(args, experiment: params.Experiment, device: torch.device):
 
 
 def run(args, experiment: params.Experiment, device: torch.device) -> None:
-    """Rank 0 (or the only process): train, log with DVCLive, write the model."""
+    """Rank 0 (or the only process): train, log with DVCLive, write the model and its scores."""
     train_data, val_data, stats, init = load(args, experiment, device)
     world = runtime.Ranks.current().world
     cli.log(f"{args.experiment}: {experiment.model} on {len(train_data):,} images "
@@ -83,7 +86,42 @@ def run(args, experiment: params.Experiment, device: torch.device) -> None:
                                  "train_seconds": round(sum(r["seconds"] for r in result.history), 1)})
         class_names = shards.read_manifest(args.splits)["class_names"]
         checkpoint.save_model(staging / "model.pt", experiment, result.model, stats, class_names)
+    score(args.experiment, args.out / "model.pt", args.splits, device, args.eval,
+                            args.metrics, args.confusion, cli.log)
     args.checkpoint.unlink(missing_ok=True)  # finished: the next run starts fresh
+
+
+def score(name: str, model_path: Path, splits: Path, device: torch.device, out: Path,
+          metrics_path: Path, confusion_path: Path, log: Callable[[str], None]) -> dict:
+    """Score the model.pt at `model_path` on its dataset's test split (on val where the test split
+    is unlabelled, as Kaggle's) and write what a training stage outputs besides the model: `out`/
+    predictions.parquet and misclassified.png (and submission.csv for the unlabelled test rows),
+    the metrics JSON reviewers diff and the confusion rows DVC plots. Returns the metrics."""
+    model, saved = checkpoint.load_model(model_path, device)
+    class_names = saved["class_names"]
+    test = shards.read_split(splits, "test")
+    data_classes = shards.read_manifest(splits)["class_names"]
+    evaluate.check_model(model_path, saved, data_classes, *test.images.shape[1:], splits)
+    scored = test if test.labels is not None else shards.read_split(splits, "val")
+    evaluate.check_labels(scored.labels, len(class_names), f"{splits}/{scored.metadata['split']}")
+    found = evaluate.predict(model, scored.images, scored.labels, saved["mean"], saved["std"])
+    result = {"split": scored.metadata["split"], "images": len(scored),
+              **evaluate.metrics(scored.labels, found.predicted, found.loss, class_names)}
+    for path in (metrics_path, confusion_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out) as staging:
+        evaluate.write_predictions(staging / "predictions.parquet", scored.ids, scored.labels, found, class_names)
+        shown = plots.gallery(staging / "misclassified.png", scored.images, scored.labels, found.predicted,
+                              class_names, f"{name}: misclassified {scored.metadata['split']} images "
+                              f"(true -> predicted), {result['errors']} of {len(scored):,}")
+        if test.labels is None:  # Kaggle: predict the unlabelled test rows too
+            unlabelled = evaluate.predict(model, test.images, None, saved["mean"], saved["std"])
+            write_bytes_atomic(staging / "submission.csv", evaluate.submission(unlabelled.predicted))
+        write_bytes_atomic(confusion_path, evaluate.confusion_rows(scored.labels, found.predicted, class_names))
+        write_json_atomic(metrics_path, result)
+    log(f"{name}: {scored.metadata['split']} accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, "
+        f"macro F1 {result['f1']:.4f}; {shown} misclassified images in the gallery")
+    return result
 
 
 if __name__ == "__main__":
@@ -96,4 +134,7 @@ if __name__ == "__main__":
     parser.add_argument("--init", type=Path, help="pretrained model.pt (finetune)")
     parser.add_argument("--checkpoint", type=Path, required=True, help="resumable checkpoint (scratch)")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument("--eval", type=Path, required=True, help="directory for predictions, gallery, submission")
+    parser.add_argument("--metrics", type=Path, required=True, help="test metrics JSON to write")
+    parser.add_argument("--confusion", type=Path, required=True, help="confusion rows CSV to write")
     cli.run(main, parser)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,14 @@ from auglab import idx
 from auglab.sources import Facts
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def script_module(relative: str):
+    """A script of the repository (stages/, ci/: scripts, not a package) loaded as a module."""
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 # Params files the tests write for DVC and the stages to read: in file order (sources are tried
 # in order) and in block style (DVC's C parser, YAML 1.1, refuses `{url: https://...}`).

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -93,7 +94,9 @@ def test_train_stage_with_nproc_2_runs_torchrun_and_rank_zero_writes(tmp_path):
     toy.write_params(root, data)
     command = [sys.executable, str(ROOT / "stages/train.py"), "--experiment", "toy_ddp", "--splits", "data/split/toy",
                "--shards", "data/split/toy", "--stats", "data/preprocessed/toy.json",
-               "--checkpoint", "artifacts/checkpoints/toy_ddp.pt", "--out", "artifacts/models/toy_ddp"]
+               "--checkpoint", "artifacts/checkpoints/toy_ddp.pt", "--out", "artifacts/models/toy_ddp",
+               "--eval", "artifacts/eval/toy_ddp", "--metrics", "artifacts/metrics/toy_ddp.json",
+               "--confusion", "artifacts/confusion/toy_ddp.csv"]
     done = subprocess.run(command, cwd=root, env=ENV, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x 2 processes" in done.stderr  # relaunched under torchrun, 2 ranks
@@ -105,6 +108,7 @@ def test_train_stage_with_nproc_2_runs_torchrun_and_rank_zero_writes(tmp_path):
     _, state = checkpoint.load_model(out / "model.pt", torch.device("cpu"))
     assert state["name"] == "cnn" and not any(".module." in key for key in state["state_dict"])
     assert not (root / "artifacts/checkpoints/toy_ddp.pt").exists()  # finished: removed
+    assert json.loads((root / "artifacts/metrics/toy_ddp.json").read_text())["split"] == "test"  # then scored
 
 
 def test_nproc_defaults_to_one_process_and_must_be_positive():

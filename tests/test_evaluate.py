@@ -1,19 +1,17 @@
 """Evaluation: metrics against hand-computed values, confusion rows, predictions, the gallery,
-submission.csv, and the stage on a Kaggle-style split whose test rows are unlabelled."""
+submission.csv, and the scoring the training stages end with on a Kaggle-style split whose test
+rows are unlabelled."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import ROOT
+from conftest import script_module
 from test_train import STATS, experiment, toy_data
 
 from auglab import AuglabError, checkpoint, evaluate, plots, shards, train
@@ -100,16 +98,14 @@ def write_dataset(folder: Path, labelled_test: bool) -> None:
     shards.write_manifest(folder, splits, dataset="kaggle_toy", class_names=NAMES)
 
 
-@pytest.mark.slow  # the stage script as a subprocess
 @pytest.mark.parametrize("labelled_test", [True, False])
-def test_stage_writes_metrics_confusion_and_a_submission_for_unlabelled_test(model, tmp_path, labelled_test):
+def test_scoring_writes_metrics_confusion_and_a_submission_for_unlabelled_test(model, tmp_path, labelled_test):
     write_dataset(tmp_path / "split", labelled_test)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run([sys.executable, str(ROOT / "stages/evaluate.py"), "--experiment", "toy", "--model", str(model),
-                           "--splits", str(tmp_path / "split"), "--out", str(tmp_path / "eval"),
-                           "--metrics", str(tmp_path / "m.json"), "--confusion", str(tmp_path / "c.csv")],
-                          capture_output=True, text=True, env=env, check=False)
-    assert done.returncode == 0, done.stderr
+    logged = []
+    result = script_module("stages/train.py").score("toy", model, tmp_path / "split", torch.device("cpu"), tmp_path / "eval",
+                                 tmp_path / "m.json", tmp_path / "c.csv", logged.append)
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads(json.dumps(result))
+    assert logged and logged[-1].startswith(f"toy: {result['split']} accuracy {result['accuracy']:.4f}")
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["split"] == ("test" if labelled_test else "val") and metrics["images"] == 120
     assert len((tmp_path / "c.csv").read_text().splitlines()) == 1 + 120  # one row per scored image

@@ -1,11 +1,12 @@
 """Fault cases (issue 18), each a real run of a stage script or of `dvc` on a toy project: a full
 disk while writing shards or a model, Ctrl-C during training, a repo locked by another
-`dvc repro`, a checkpoint cut short, and evaluate given a model.pt for other data or another
+`dvc repro`, a checkpoint cut short, and the scoring given a model.pt for other data or another
 architecture. Each checks the one line printed, the exit status, and that what was good before
 (outputs, checkpoints) is still there byte for byte, with no temp file left beside it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, synthetic_arrays, write_idx_folder
+from conftest import ROOT, script_module, synthetic_arrays, write_idx_folder
 from ruamel.yaml import YAML
 
-from auglab import checkpoint, params, runtime, shards, train
+from auglab import AuglabError, checkpoint, params, runtime, shards, train
 
 YAML_SAFE = YAML(typ="safe", pure=True)
 YAML_SAFE.default_flow_style = False  # block style: DVC's C parser refuses `{url: https://...}`
@@ -51,11 +52,13 @@ def stage(root: Path, script: str, *args: str, file_limit: int | None = None) ->
 
 
 def train_args(name: str) -> list[str]:
-    """The train stage's arguments for toy_mlp, writing artifacts/models/<name> and checkpointing
-    to artifacts/checkpoints/<name>.pt (each test its own, so none sees another's files)."""
+    """The train stage's arguments for toy_mlp, writing artifacts/models/<name> (and its scores under
+    artifacts/eval, metrics, confusion) and checkpointing to artifacts/checkpoints/<name>.pt (each
+    test its own, so none sees another's files)."""
     return ["--experiment", "toy_mlp", "--splits", "data/split/toy", "--shards", "data/split/toy",
             "--stats", "data/preprocessed/toy.json", "--checkpoint", f"artifacts/checkpoints/{name}.pt",
-            "--out", f"artifacts/models/{name}"]
+            "--out", f"artifacts/models/{name}", "--eval", f"artifacts/eval/{name}",
+            "--metrics", f"artifacts/metrics/{name}.json", "--confusion", f"artifacts/confusion/{name}.csv"]
 
 
 def outputs(root: Path, name: str) -> tuple[Path, Path]:
@@ -306,18 +309,19 @@ def test_dvc_repro_while_another_dvc_holds_the_repo_lock_is_refused(dvc_project)
     assert (root / "other.txt").read_text() == "held other"
 
 
+def score(root: Path, model: str) -> dict:
+    """The scoring train@toy_mlp ends with, run from `root` on the model.pt at `model` (relative)."""
+    with contextlib.chdir(root):
+        return script_module("stages/train.py").score(
+            "toy_mlp", Path(model), Path("data/split/toy"), torch.device("cpu"), Path("artifacts/eval/toy_mlp"),
+            Path("artifacts/metrics/toy_mlp.json"), Path("artifacts/confusion/toy_mlp.csv"), lambda message: None)
+
+
 @pytest.fixture(scope="module")
 def evaluated(project):
-    """The evaluate stage's outputs for the reference model: what a wrong model must not touch."""
-    done = stage(project, "evaluate.py", *evaluate_args("artifacts/models/reference/model.pt"))
-    assert done.returncode == 0, done.stderr
+    """The scores of the reference model: what a wrong model must not touch."""
+    score(project, "artifacts/models/reference/model.pt")
     return project
-
-
-def evaluate_args(model: str) -> list[str]:
-    return ["--experiment", "toy_mlp", "--model", model, "--splits", "data/split/toy",
-            "--out", "artifacts/eval/toy_mlp", "--metrics", "artifacts/metrics/toy_mlp.json",
-            "--confusion", "artifacts/confusion/toy_mlp.csv"]
 
 
 def model_for_other_data(path: Path, dataset: str, class_names: list[str], side: int) -> None:
@@ -345,7 +349,7 @@ FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 
 @pytest.mark.parametrize("case", ["other_classes", "other_size", "other_architecture", "truncated",
                                   "checkpoint"])
-def test_evaluate_refuses_a_model_for_other_data_or_another_architecture(evaluated, case):
+def test_scoring_refuses_a_model_for_other_data_or_another_architecture(evaluated, case):
     root = evaluated
     path = root / "wrong" / case / "model.pt"
     path.parent.mkdir(parents=True)
@@ -373,8 +377,10 @@ def test_evaluate_refuses_a_model_for_other_data_or_another_architecture(evaluat
     outputs = [root / "artifacts/eval/toy_mlp", root / "artifacts/metrics/toy_mlp.json",
                root / "artifacts/confusion/toy_mlp.csv"]
     before = [tree_digest(p) for p in outputs]
-    line = one_error(stage(root, "evaluate.py", *evaluate_args(str(path.relative_to(root)))))
-    assert line.startswith(f"error: wrong/{case}/model.pt: {expected}"), line
+    with pytest.raises(AuglabError) as refused:
+        score(root, str(path.relative_to(root)))
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith(f"wrong/{case}/model.pt: {expected}"), line
     if case in ("other_classes", "other_size"):
         assert line.endswith(" as in data/split/toy"), line
     if case == "other_architecture":

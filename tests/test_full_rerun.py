@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-TARGETS = "evaluate@s2_lenet_100"  # download, split, preprocess of MNIST, then 3 epochs on 100 images
+TARGETS = "train@s2_lenet_100"  # download, split, preprocess of MNIST, then 3 epochs on 100 images, scored
 
 
 def sh(root: Path, *command: str, env: dict | None = None) -> str:

@@ -3,6 +3,7 @@ not wait for the GPU inside the training step (run where CUDA exists, reported s
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -82,10 +83,13 @@ def test_train_stage_with_device_cuda_end_to_end(tmp_path):
     toy.write_params(root, data)
     command = [sys.executable, str(ROOT / "stages/train.py"), "--experiment", "toy_cuda", "--splits", "data/split/toy",
                "--shards", "data/split/toy", "--stats", "data/preprocessed/toy.json",
-               "--checkpoint", "artifacts/checkpoints/toy_cuda.pt", "--out", "artifacts/models/toy_cuda"]
+               "--checkpoint", "artifacts/checkpoints/toy_cuda.pt", "--out", "artifacts/models/toy_cuda",
+               "--eval", "artifacts/eval/toy_cuda", "--metrics", "artifacts/metrics/toy_cuda.json",
+               "--confusion", "artifacts/confusion/toy_cuda.csv"]
     done = subprocess.run(command, check=False, cwd=root, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "device cuda" in done.stderr and done.stderr.count("epoch 2/2: train loss") == 1
     _, state = checkpoint.load_model(root / "artifacts/models/toy_cuda/model.pt", torch.device("cpu"))
     assert all(tensor.device.type == "cpu" for tensor in state["state_dict"].values())
     assert not (root / "artifacts/checkpoints/toy_cuda.pt").exists()  # finished: removed
+    assert json.loads((root / "artifacts/metrics/toy_cuda.json").read_text())["split"] == "test"  # then scored

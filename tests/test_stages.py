@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, YAML_SAFE, synthetic_arrays, write_idx_folder
+from conftest import ROOT, YAML_SAFE, script_module, synthetic_arrays, write_idx_folder
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 from dvc.utils.hydra import apply_overrides
@@ -156,7 +155,6 @@ def test_each_stage_runs_with_only_its_declared_params(project):
         "download@toy", "split@toy", "preprocess@toy",
         "augment@toy_s2_expand", "augment@toy_s1_copies", "augment@toy_s0_light",
         "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned", "member@toy_seed_1",
-        "evaluate@toy_mlp", "evaluate@toy_synthetic", "evaluate_finetune@toy_tuned", "evaluate_member@toy_seed_1",
         "ensemble@toy_pair", "gan@toy",
         "gan_sample@toy", "gan_score@toy", "grid@adam", "grid@sgd",
         "batch@8", "batch@32",
@@ -316,10 +314,7 @@ def test_recipe_change_marks_its_members_stages_changed(tmp_path, monkeypatch):
     """In a git + DVC copy of this checkout, with the headline members and one other MNIST experiment
     recorded in dvc.lock (dummy outputs, no training): `dvc exp run -S` on the recipe leaves all
     three member@ stages changed and nothing else; on one member's seed, that member alone."""
-    spec = importlib.util.spec_from_file_location("tour", ROOT / "ci/tour.py")  # a script, not a package
-    tour = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tour)
-    tour.clone(ROOT, tmp_path)
+    script_module("ci/tour.py").clone(ROOT, tmp_path)
     monkeypatch.chdir(tmp_path)  # DVC finds a target stage's dvc.yaml from the working directory
     members = [f"member@headline_mnist_{seed}" for seed in range(3)]
     recorded = [*members, "train@speed_mnist"]
@@ -327,9 +322,11 @@ def test_recipe_change_marks_its_members_stages_changed(tmp_path, monkeypatch):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("{}")
     for name in (stage.partition("@")[2] for stage in recorded):
-        for path in ("model.pt", "live/metrics.json", "live/plots/metrics/acc.tsv"):
-            (tmp_path / "artifacts/models" / name / path).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / "artifacts/models" / name / path).write_text(name)
+        for path in (f"models/{name}/model.pt", f"models/{name}/live/metrics.json",
+                     f"models/{name}/live/plots/metrics/acc.tsv", f"eval/{name}/predictions.parquet",
+                     f"metrics/{name}.json", f"confusion/{name}.csv"):
+            (tmp_path / "artifacts" / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "artifacts" / path).write_text(name)
     with Repo(str(tmp_path)) as repo:
         for stage in recorded:
             repo.commit(stage, force=True)

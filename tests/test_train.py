@@ -141,6 +141,19 @@ def test_early_stopping_restores_the_best_epoch(tmp_path, data):
     assert loss == pytest.approx(min(losses), rel=1e-4)
 
 
+def test_val_last_only_scores_the_last_epoch_and_trains_the_same(tmp_path, data):
+    exp = experiment(epochs=3)
+    every = run(tmp_path / "every", exp, data)
+    last = run(tmp_path / "last", exp, data, val_last_only=True)
+    assert [row["val_loss"] for row in last.history[:-1]] == [None, None]
+    assert [row["val_acc"] for row in last.history[:-1]] == [None, None]
+    assert [row["train_loss"] for row in last.history] == [row["train_loss"] for row in every.history]
+    assert last.history[-1]["val_loss"] == every.history[-1]["val_loss"]
+    assert last.best_epoch == 3
+    stopping = run(tmp_path / "stopping", experiment(epochs=3, early_stopping=5), data, val_last_only=True)
+    assert None not in [row["val_loss"] for row in stopping.history]  # early stopping needs every epoch's score
+
+
 def test_on_the_fly_augmentation_changes_training(tmp_path, data):
     plain = run(tmp_path / "a", experiment(epochs=1), data)
     augmented = run(tmp_path / "b", experiment(epochs=1, augment={"a": {"rotation": 20.0}, "b": {"zoom": 0.2}}), data)
