@@ -4,6 +4,7 @@ DVC's bookkeeping between stages (hashing outputs, the cache, rewriting dvc.lock
 
     python bench/pipeline_cost.py --record DIR   # run `dvc repro` in DIR, timing every stage
     python bench/pipeline_cost.py --record DIR --targets grid batch   # `dvc repro grid batch`, timed
+    python bench/pipeline_cost.py --record DIR --resume   # go on with an interrupted timed run
     python bench/pipeline_cost.py [DIR]          # the table for DIR's timed run (default: here)
 
 `make tour` records its run; `--record` in the working copy times only the stages that are not
@@ -49,19 +50,23 @@ exit $status
 """
 
 
-def record(root: Path, targets: list[str] | None = None) -> int:
+def record(root: Path, targets: list[str] | None = None, resume: bool = False) -> int:
     """Run `dvc repro [targets]` in `root` with the timing shim; every output line is echoed and
-    logged with its arrival time. Returns dvc's exit status."""
+    logged with its arrival time. `resume` appends to the logs of an interrupted run instead of
+    starting new ones. Returns dvc's exit status."""
     logs = root / LOGS
     logs.mkdir(parents=True, exist_ok=True)
+    if resume and not (logs / "repro.log").exists():
+        raise SystemExit(f"error: --resume: no timed run in {root} to resume: expected {LOGS}/repro.log")
     for name in ("processes.tsv", "repro.log"):
-        (logs / name).unlink(missing_ok=True)
+        if not resume:
+            (logs / name).unlink(missing_ok=True)
     shim = logs / "bin" / "python"
     shim.parent.mkdir(exist_ok=True)
     shim.write_text(SHIM.format(python=sys.executable, log=logs / "processes.tsv"))
     shim.chmod(0o755)
     env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    with open(logs / "repro.log", "w", buffering=1) as log:  # line by line: a killed run keeps its log
+    with open(logs / "repro.log", "a", buffering=1) as log:  # line by line: a killed run keeps its log
         log.write(f"{time.time():.3f}\t# dvc repro started\n")
         process = subprocess.Popen(["dvc", "repro", *(targets or [])], cwd=root, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -74,30 +79,45 @@ def record(root: Path, targets: list[str] | None = None) -> int:
 
 
 def read_run(root: Path) -> tuple[list[dict], float, float]:
-    """The timed stages in order ({name, script, start, end, lines}), repro start and end."""
+    """The timed stages in order ({name, script, start, end, after, lines}; `after`: DVC's time
+    until the next stage or the end of its run), DVC's start before the first stage and the wall
+    time, summed over the runs of the log (a run resumed with --resume is several)."""
     logs = root / LOGS
     if not (logs / "repro.log").exists():
         raise SystemExit(f"error: no timed run in {root}: expected {LOGS}/repro.log; "
                          f"run `python bench/pipeline_cost.py --record {root}` or `make tour`")
-    lines = [(float(t), text) for t, text in
-             (row.split("\t", 1) for row in (logs / "repro.log").read_text().splitlines())]
-    names = [m.group(1) for _, text in lines if (m := re.match(r"Running stage '([^']+)'", text))]
+    runs: list[list[tuple[float, str]]] = []
+    for row in (logs / "repro.log").read_text().splitlines():
+        t, text = row.split("\t", 1)
+        if text == "# dvc repro started" or not runs:
+            runs.append([])
+        runs[-1].append((float(t), text))
     processes = [row.split("\t") for row in (logs / "processes.tsv").read_text().splitlines()] \
         if (logs / "processes.tsv").exists() else []
-    ended = lines[-1][0]
-    if len(names) == len(processes) + 1:  # a killed or unfinished run: its last stage has no end
-        print(f"note: the run stopped inside {names.pop()}; the table covers the stages before it\n")
-        ended = float(processes[-1][1])
-    if len(names) != len(processes):
-        raise SystemExit(f"error: {len(names)} stages ran but {len(processes)} processes were timed; "
-                         "expected one process per stage")
-    stages = []
-    for name, (start, end, _, argv) in zip(names, processes):
-        start, end = float(start), float(end)
-        script = re.match(r"stages/(\w+)\.py", argv)
-        stages.append({"name": name, "script": script.group(1) if script else None, "start": start, "end": end,
-                       "lines": [(t, text) for t, text in lines if start <= t <= end]})
-    return stages, lines[0][0], ended
+    stages: list[dict] = []
+    dvc_start = wall = 0.0
+    for lines in runs:
+        began, ended = lines[0][0], lines[-1][0]
+        names = [(t, m.group(1)) for t, text in lines if (m := re.match(r"Running stage '([^']+)'", text))]
+        timed = [p for p in processes if began <= float(p[0]) <= ended]
+        if len(names) == len(timed) + 1:  # a killed or unfinished run: its last stage has no end
+            ended, name = names.pop()  # the run counts up to DVC's start of that stage
+            print(f"note: a run stopped inside {name}; the table covers the stages before it\n")
+        if len(names) != len(timed):
+            raise SystemExit(f"error: {len(names)} stages ran but {len(timed)} processes were timed; "
+                             "expected one process per stage")
+        run = []
+        for (_, name), (start, end, _, argv) in zip(names, timed):
+            start, end = float(start), float(end)
+            script = re.match(r"stages/(\w+)\.py", argv)
+            run.append({"name": name, "script": script.group(1) if script else None, "start": start, "end": end,
+                        "lines": [(t, text) for t, text in lines if start <= t <= end]})
+        for stage, following in zip(run, [*run[1:], None]):
+            stage["after"] = (following["start"] if following else ended) - stage["end"]
+        dvc_start += (run[0]["start"] if run else ended) - began
+        wall += ended - began
+        stages += run
+    return stages, dvc_start, wall
 
 
 def logged_learning(stage: dict) -> float:
@@ -134,13 +154,12 @@ def startup(root: Path, script: str) -> float:
 
 def split(root: Path) -> tuple[dict[str, dict[str, float]], float, float]:
     """Seconds per family and part; DVC's own start (before the first stage) and the run's wall."""
-    stages, began, ended = read_run(root)
+    stages, dvc_start, wall = read_run(root)
     imports = {script: startup(root, script) for script in sorted({s["script"] for s in stages if s["script"]})}
     families: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for i, stage in enumerate(stages):
+    for stage in stages:
         family = stage["name"].partition("@")[0]
-        process = stage["end"] - stage["start"]
-        after = (stages[i + 1]["start"] if i + 1 < len(stages) else ended) - stage["end"]
+        process, after = stage["end"] - stage["start"], stage["after"]
         start_up = min(imports.get(stage["script"], 0.0), process)
         first_log = next((t for t, _ in stage["lines"]), stage["end"])
         if family in DATA_FAMILIES:
@@ -160,7 +179,7 @@ def split(root: Path) -> tuple[dict[str, dict[str, float]], float, float]:
         row["data loading"] += loading
         row["evaluation & other"] += max(0.0, process - start_up - loading - learned)
         row["DVC bookkeeping"] += after
-    return families, stages[0]["start"] - began if stages else ended - began, ended - began
+    return families, dvc_start, wall
 
 
 def noop_repro(root: Path) -> list[float] | None:
@@ -205,10 +224,14 @@ def main() -> int:
     parser.add_argument("--record", action="store_true", help="run `dvc repro` in DIR, timed, and stop")
     parser.add_argument("--targets", nargs="+", default=[], metavar="STAGE",
                         help="with --record: what `dvc repro` reproduces (stages or foreach groups; default all)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --record: continue an interrupted timed run, appending to its logs")
     args = parser.parse_args()
+    if args.resume and not args.record:
+        parser.error("--resume goes with --record")
     root = args.dir.resolve()
     if args.record:
-        return record(root, args.targets)
+        return record(root, args.targets, args.resume)
     families, dvc_start, wall = split(root)
     print(f"`dvc repro` in {root}: {wall:.0f} s wall, {sum(v['stages'] for v in families.values()):.0f} stages\n")
     print(table(families, dvc_start, wall))

@@ -1,0 +1,56 @@
+"""bench/pipeline_cost.py's reading of a timed run: the logs its --record writes."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import script_module
+
+pipeline_cost = script_module("bench/pipeline_cost.py")
+
+
+def write_logs(root, log: list[tuple[float, str]], processes: list[tuple[float, float, str]]) -> None:
+    logs = root / pipeline_cost.LOGS
+    logs.mkdir(parents=True)
+    (logs / "repro.log").write_text("".join(f"{t:.3f}\t{text}\n" for t, text in log))
+    (logs / "processes.tsv").write_text("".join(f"{a:.3f}\t{b:.3f}\t0\t{argv}\n" for a, b, argv in processes))
+
+
+def test_a_resumed_run_counts_each_run_up_to_where_it_stopped(tmp_path):
+    """A run killed inside `train@b`, then resumed with --resume (appending to the logs): the
+    table covers a, then b and c of the second run; the killed run's wall ends at DVC's start of
+    b, and the hours between the runs count nowhere."""
+    write_logs(tmp_path, [
+        (100.0, "# dvc repro started"),
+        (102.0, "Running stage 'train@a':"),
+        (103.0, "a: mlp on 1,000 images (train)"),
+        (112.0, "Running stage 'train@b':"),
+        (113.0, "b: mlp on 1,000 images (train)"),  # killed here: no process row, no end line
+        (5000.0, "# dvc repro started"),
+        (5004.0, "Stage 'train@a' didn't change, skipping"),
+        (5005.0, "Running stage 'train@b':"),
+        (5020.0, "Running stage 'report':"),
+        (5030.0, "# dvc repro ended: 0"),
+    ], [
+        (102.5, 110.0, "stages/train.py --experiment a"),
+        (5005.5, 5018.0, "stages/train.py --experiment b"),
+        (5020.5, 5029.0, "stages/report.py"),
+    ])
+    stages, dvc_start, wall = pipeline_cost.read_run(tmp_path)
+    assert [s["name"] for s in stages] == ["train@a", "train@b", "report"]
+    assert [s["script"] for s in stages] == ["train", "train", "report"]
+    assert [round(s["after"], 3) for s in stages] == [2.0, 2.5, 1.0]  # a: up to the killed b's start
+    assert [text for _, text in stages[0]["lines"]] == ["a: mlp on 1,000 images (train)"]
+    assert round(dvc_start, 3) == 2.5 + 5.5
+    assert round(wall, 3) == 12.0 + 30.0
+
+
+def test_a_run_with_more_stages_than_timed_processes_is_refused(tmp_path):
+    write_logs(tmp_path, [
+        (0.0, "# dvc repro started"),
+        (1.0, "Running stage 'train@a':"),
+        (2.0, "Running stage 'train@b':"),
+        (3.0, "Running stage 'train@c':"),
+        (9.0, "# dvc repro ended: 0"),
+    ], [(1.5, 1.8, "stages/train.py --experiment a")])
+    with pytest.raises(SystemExit, match="3 stages ran but 1 processes were timed"):
+        pipeline_cost.read_run(tmp_path)
