@@ -13,9 +13,14 @@ RUN    := PATH="$(BIN):$$PATH"
 repro: install apt-index  ## create .venv, install, fetch the data and run the whole pipeline
 	$(RUN) dvc repro
 
+# make test runs the suite in WORKERS processes (pytest-xdist), a test file each at a time: the
+# end-to-end file (tests/conftest.py starts it first) on one, the rest beside it; run alone, each
+# leaves much of a 2-core host idle in start-up and I/O. WORKERS=0 runs it in this process.
+WORKERS ?= 2
+
 test: install apt-index  ## create .venv, install, lint, run the test suite (real data, real DVC)
 	$(RUN) ruff check .
-	$(RUN) python -m pytest
+	$(RUN) python -m pytest -n $(WORKERS) --dist loadfile
 
 test-fast: install  ## the inner loop: units only, no `dvc repro`, stage subprocess or network (<= 2 min)
 	$(RUN) ruff check .
