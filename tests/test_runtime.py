@@ -93,3 +93,17 @@ def test_train_stage_with_device_cuda_end_to_end(tmp_path):
     assert all(tensor.device.type == "cpu" for tensor in state["state_dict"].values())
     assert not (root / "artifacts/checkpoints/toy_cuda.pt").exists()  # finished: removed
     assert json.loads((root / "artifacts/metrics/toy_cuda.json").read_text())["split"] == "test"  # then scored
+
+
+def test_test_workers_share_the_cores():
+    """`make test` runs pytest-xdist workers; tests/conftest.py gives each, and every process it
+    starts (stages, torchrun), its share of the cores as OpenMP threads, set before torch starts."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 2:
+        pytest.skip("one pytest process (make test WORKERS=0): torch keeps its default threads")
+    share = int(os.environ["OMP_NUM_THREADS"])  # the worker's share, or the caller's own setting
+    child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                           capture_output=True, text=True, check=True)
+    assert share >= 1 and torch.get_num_threads() == share and int(child.stdout) == share
