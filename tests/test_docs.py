@@ -216,12 +216,12 @@ def experiment_args(argv: list[str]):
     return parse_args(argv[1:])
 
 
-def resolve(copy: Path, targets: list[str], what: str) -> int:
+def resolve(copy: Path, targets: list[str], what: str) -> None:
     """What `dvc repro --dry` of `targets` (every stage when none) proves of the pipeline, by DVC's
     own loader in this process (a `dvc repro --dry` of the whole graph took 5-8 s a command, most
     of it start-up and per-stage status): every stage of dvc.yaml interpolated with the copy's
     params, the graph built (no cycle, no output of two stages), each target found, and each key a
-    stage's params dependencies name present in its params file. Returns how many stages."""
+    stage's params dependencies name present in its params file."""
     from dvc.dependency.param import ParamsDependency
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -243,10 +243,10 @@ def resolve(copy: Path, targets: list[str], what: str) -> int:
                     values = files[dep.def_path]
                     missing = [key for key in dep.params if not has_key(values, key)]
                     assert not missing, f"{what}: {stage.addressing} depends on params {missing}, not in {dep.def_path}"
-    return len(stages)
 
 
 def has_key(data: dict, dotted: str) -> bool:
+    """Whether a dotted key is in parsed params (the walk of `params.load_key`, on data read once)."""
     for part in dotted.split("."):
         if not isinstance(data, dict) or part not in data:
             return False

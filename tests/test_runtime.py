@@ -4,6 +4,7 @@ not wait for the GPU inside the training step (run where CUDA exists, reported s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -98,8 +99,6 @@ def test_train_stage_with_device_cuda_end_to_end(tmp_path):
 def test_test_workers_share_the_cores():
     """`make test` runs pytest-xdist workers; tests/conftest.py gives each, and every process it
     starts (stages, torchrun), its share of the cores as OpenMP threads, set before torch starts."""
-    import os
-
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers < 2:
         pytest.skip("one pytest process (make test WORKERS=0): torch keeps its default threads")
