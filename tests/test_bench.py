@@ -1,9 +1,14 @@
-"""bench/pipeline_cost.py's reading of a timed run: the logs its --record writes."""
+"""bench/pipeline_cost.py's reading of a timed run: the logs its --record writes; and
+bench/train_speed.py's device choice."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from conftest import script_module
+import torch
+from conftest import ROOT, script_module
 
 pipeline_cost = script_module("bench/pipeline_cost.py")
 
@@ -54,3 +59,12 @@ def test_a_run_with_more_stages_than_timed_processes_is_refused(tmp_path):
     ], [(1.5, 1.8, "stages/train.py --experiment a")])
     with pytest.raises(SystemExit, match="3 stages ran but 1 processes were timed"):
         pipeline_cost.read_run(tmp_path)
+
+
+@pytest.mark.slow  # a script as a subprocess
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error of a host without a GPU")
+def test_train_speed_on_cuda_without_a_gpu_is_a_one_line_error():
+    done = subprocess.run([sys.executable, "bench/train_speed.py", "--device", "cuda"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["error: device 'cuda': no CUDA device here; use 'auto' or 'cpu'"]
