@@ -159,7 +159,7 @@ def main() -> None:
             rate = our_rate("kaggle_cnn", images, labels, stats, args.seconds, rates.get("kaggle_cnn", 2000), device,
                             precision, layout)
             print(f"  {precision}{'+channels_last' if layout else ''} {rate:,.0f}", end="", flush=True)
-        print("" if native else "  (bf16 skipped: this CPU has no native bf16)")
+        print("" if native else f"  (bf16 skipped: this {'GPU' if device.type == 'cuda' else 'CPU'} has no native bf16)")
     experiment_costs(Path("artifacts/models"))
 
 
