@@ -68,3 +68,20 @@ def test_train_speed_on_cuda_without_a_gpu_is_a_one_line_error():
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 1
     assert done.stderr.splitlines() == ["error: device 'cuda': no CUDA device here; use 'auto' or 'cpu'"]
+
+
+@pytest.mark.slow  # the script and its torch probes as subprocesses
+def test_as_avx2_host_hides_avx512_and_bf16_from_torch_and_auglab():
+    """Under bench/as_avx2_host.py a child process sees what an AVX2-only CPU shows: ATen at
+    AVX2, no native bf16, so `precision: auto` trains in fp32."""
+    done = subprocess.run([sys.executable, "bench/as_avx2_host.py", "--check"], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    emulated = done.stdout.splitlines()[0]
+    assert emulated.split(":", 1)[1].strip() == "capability AVX2, native bf16 False, precision auto -> None"
+
+
+def test_as_avx2_host_passes_the_commands_exit_status_on():
+    as_avx2_host = script_module("bench/as_avx2_host.py")
+    assert as_avx2_host.main([sys.executable, "-c", "import os, sys; sys.exit(os.environ['ATEN_CPU_CAPABILITY'] == 'avx2' and 3)"]) == 3
+    assert as_avx2_host.main(["no-such-command-here"]) == 127
