@@ -3,8 +3,10 @@ family, seconds per stage) in a scratch copy of this checkout, timed per stage; 
 report is and how to see where the time went (bench/pipeline_cost.py). Your params.yaml, dvc.lock, outputs and DVC cache
 are only read: the copy has its own git repository and cache.
 
-Usage: python ci/tour.py [DIR]   (DIR: a new or empty folder; default a fresh temp folder)
+Usage: python ci/tour.py [--full] [DIR]   (DIR: a new or empty folder; default a fresh temp folder)
 `make tour` runs it with the venv on PATH. tests/test_pipeline.py builds its copy with `clone`.
+--full keeps params.yaml as it is: a cold `make repro` of the default graph, timed, in the copy
+(hours on a 2-core CPU; README quick start), whose dvc.lock then records a change to the stages.
 """
 
 from __future__ import annotations
@@ -34,9 +36,19 @@ def clone(source: Path, dest: Path) -> None:
     subprocess.run([*GIT, "commit", "-qm", f"copy of {source}"], cwd=dest, check=True)
 
 
+def prepare(dest: Path, full: bool) -> None:
+    """`dest` as the run starts: a copy of this checkout (`clone`), on the CI profile unless `full`."""
+    clone(ROOT, dest)
+    if not full:
+        subprocess.run([sys.executable, "ci/profile.py", "params.yaml"], cwd=dest, check=True)
+        subprocess.run([*GIT, "commit", "-qam", "CI profile"], cwd=dest, check=True)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        print(__doc__.strip(), file=sys.stderr)
+    full = "--full" in argv
+    argv = [arg for arg in argv if arg != "--full"]
+    if len(argv) > 1 or any(arg.startswith("-") for arg in argv):
+        print(f"error: {' '.join(argv)}: expected [--full] [DIR]\n\n{__doc__.strip()}", file=sys.stderr)
         return 2
     dest = Path(argv[0]).resolve() if argv else Path(tempfile.mkdtemp(prefix="auglab-tour-"))
     if dest.exists() and any(dest.iterdir()):
@@ -46,10 +58,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {dest} is inside {ROOT}, expected a folder outside the project", file=sys.stderr)
         return 1
     dest.mkdir(parents=True, exist_ok=True)
-    print(f"== tour in {dest}: a copy of {ROOT} on the CI profile", flush=True)
-    clone(ROOT, dest)
-    subprocess.run([sys.executable, "ci/profile.py", "params.yaml"], cwd=dest, check=True)
-    subprocess.run([*GIT, "commit", "-qam", "CI profile"], cwd=dest, check=True)
+    print(f"== tour in {dest}: a copy of {ROOT} on {'its own params.yaml' if full else 'the CI profile'}", flush=True)
+    prepare(dest, full)
     done = subprocess.run([sys.executable, "bench/pipeline_cost.py", "--record", str(dest)], cwd=dest, check=False)  # dvc repro, timed
     if done.returncode != 0:
         print(f"error: dvc repro failed in {dest}; its output is above", file=sys.stderr)
@@ -58,6 +68,8 @@ def main(argv: list[str]) -> int:
     subprocess.run([*GIT, "commit", "-qm", "tour run"], cwd=dest, check=True)
     print(f"\nreport: {dest / 'reports/report.md'} (figures in {dest / 'reports/figures'})")
     print(f"where the time went: python bench/pipeline_cost.py {dest}")
+    if full:
+        print(f"its dvc.lock, from this cold run: {dest / 'dvc.lock'}")
     print(f"try a change: cd {dest} && dvc exp run -S train.experiments.s2_lenet_100.epochs=5 && dvc metrics diff")
     return 0
 
