@@ -50,6 +50,13 @@ exit $status
 """
 
 
+def own_code(root: Path) -> dict[str, str]:
+    """This environment with `root` first on PYTHONPATH, so `python stages/x.py` in `root` imports
+    root's auglab: the venv's editable install points at the checkout it was built in, which for
+    a tour's copy is another folder (whose edits the copy's dvc.lock would then not record)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root.resolve()), os.environ.get("PYTHONPATH")]))}
+
+
 def record(root: Path, targets: list[str] | None = None, resume: bool = False) -> int:
     """Run `dvc repro [targets]` in `root` with the timing shim; every output line is echoed and
     logged with its arrival time. `resume` appends to the logs of an interrupted run instead of
@@ -65,7 +72,7 @@ def record(root: Path, targets: list[str] | None = None, resume: bool = False) -
     shim.parent.mkdir(exist_ok=True)
     shim.write_text(SHIM.format(python=sys.executable, log=logs / "processes.tsv"))
     shim.chmod(0o755)
-    env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**own_code(root), "PATH": f"{shim.parent}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with open(logs / "repro.log", "a", buffering=1) as log:  # line by line: a killed run keeps its log
         log.write(f"{time.time():.3f}\t# dvc repro started\n")
         process = subprocess.Popen(["dvc", "repro", *(targets or [])], cwd=root, env=env, stdout=subprocess.PIPE,
@@ -148,7 +155,8 @@ def learning(root: Path, stage: dict) -> float | None:
 def startup(root: Path, script: str) -> float:
     """Seconds for `python stages/<script>.py --help`: interpreter start-up and the imports."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, f"stages/{script}.py", "--help"], cwd=root, check=True, capture_output=True)
+    subprocess.run([sys.executable, f"stages/{script}.py", "--help"], cwd=root, env=own_code(root), check=True,
+                   capture_output=True)
     return time.perf_counter() - started
 
 

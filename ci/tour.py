@@ -70,7 +70,9 @@ def main(argv: list[str]) -> int:
     print(f"where the time went: python bench/pipeline_cost.py {dest}")
     if full:
         print(f"its dvc.lock, from this cold run: {dest / 'dvc.lock'}")
-    print(f"try a change: cd {dest} && dvc exp run -S train.experiments.s2_lenet_100.epochs=5 && dvc metrics diff")
+    # PYTHONPATH: the copy's stages import the copy's auglab, not the checkout the venv points at
+    print(f"try a change: cd {dest} && PYTHONPATH={dest} dvc exp run -S train.experiments.s2_lenet_100.epochs=5"
+          " && dvc metrics diff")
     return 0
 
 

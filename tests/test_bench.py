@@ -112,3 +112,19 @@ def test_malloc_speed_tuned_way_serves_a_16_mib_buffer_from_the_heap():
                                   text=True, check=True).stdout.strip() for way in ("default", "tuned")}
     assert mapped == {"default": "True", "tuned": "False"}
 
+
+def test_stages_recorded_in_a_copy_import_the_copys_auglab(tmp_path):
+    """A script in stages/ puts stages/ first on sys.path, so `import auglab` finds the venv's
+    editable install, which points at the checkout the venv was built in; a timed run in a copy
+    (the tour) must run the copy's code, the code its dvc.lock hashes."""
+    (tmp_path / "auglab").mkdir()
+    (tmp_path / "auglab/__init__.py").write_text("")
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages/probe.py").write_text("import auglab\nprint(auglab.__file__)\n")
+
+    def found(env):
+        return subprocess.run([sys.executable, "stages/probe.py"], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    assert found(pipeline_cost.own_code(tmp_path)) == str(tmp_path / "auglab/__init__.py")
+    assert found(None) == str(ROOT / "auglab/__init__.py")  # what the copy ran before
