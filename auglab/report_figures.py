@@ -49,13 +49,14 @@ def curves(path: Path, live: dict[str, Path], title: str) -> None:
 
 
 def minutes_and_val(live: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(training minutes at the end of each epoch, val accuracy then) of one DVCLive directory: the
-    summary's train_seconds shared out over the epochs by their logged speed (1 / img/s each)."""
+    """(training minutes at the end of each epoch val was scored after, val accuracy then) of one
+    DVCLive directory: the summary's train_seconds shared out over the epochs by their logged speed
+    (1 / img/s each); a run with `val_every` > 1 has val rows for some epochs only."""
     _, speed = read_tsv(live / "plots/metrics/img_per_s.tsv")
-    _, accuracy = read_tsv(live / "plots/metrics/val/acc.tsv")
+    epochs, accuracy = read_tsv(live / "plots/metrics/val/acc.tsv")
     seconds = json.loads((live / "metrics.json").read_text())["train_seconds"]
     share = np.cumsum(1 / np.array(speed)) / np.sum(1 / np.array(speed))
-    return share * seconds / 60, np.array(accuracy)
+    return share[np.array(epochs) - 1] * seconds / 60, np.array(accuracy)
 
 
 def cost_curves(path: Path, live: dict[str, Path], title: str) -> None:

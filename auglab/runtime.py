@@ -12,8 +12,11 @@ and its bytes must not move.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import os
+import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -78,11 +81,30 @@ def as_scoring_input(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+# mallopt's parameters (glibc's malloc.h) and the values keep_freed_memory sets
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+KEEP_FREED = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 1 << 30, M_TOP_PAD: 64 << 20}
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed buffers for reuse: by default one over 128 KiB (the
+    threshold adapts up to 32 MiB) is mapped fresh and unmapped when freed, and the heap's free
+    top goes back to the OS, so every scoring batch's activations were faulted in and zeroed page
+    by page again (S1's cnn scored ~1.5x slower, bench/malloc_speed.py). Whether it applied:
+    other C libraries (macOS, musl) keep their own policy."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    return all(libc.mallopt(parameter, value) == 1 for parameter, value in KEEP_FREED.items())
+
+
 def set_cpu_flags(device: torch.device) -> None:
     """On CPU, flush denormal floats to zero: tiny activations otherwise slow CPU math up to 4x
-    (bench/train_speed.py). A no-op on CUDA, whose kernels flush already."""
+    (bench/train_speed.py); and keep freed memory for reuse (`keep_freed_memory`). A no-op on
+    CUDA, whose kernels flush already and whose memory torch's caching allocator keeps."""
     if device.type == "cpu":
         torch.set_flush_denormal(True)
+        keep_freed_memory()
 
 
 def setup(name: str) -> torch.device:
@@ -108,6 +130,15 @@ class Ranks:
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size())
         return cls()
+
+
+def check_processes(device_name: str, nproc: int) -> None:
+    """Refuse `nproc` processes that cannot each have a device of their own: on CUDA torchrun's rank r
+    takes GPU r, so a rank past the last GPU would die with CUDA's "invalid device ordinal"."""
+    device = choose_device(device_name)
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise AuglabError(f"nproc {nproc} on device cuda: this machine has {torch.cuda.device_count()} GPU(s); "
+                          "expected nproc <= the GPU count (one process per GPU)")
 
 
 @contextlib.contextmanager

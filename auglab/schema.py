@@ -274,6 +274,19 @@ class Experiment(Section):
     # share of the training images this run draws, without replacement and seeded by `seed`, so
     # ensemble members see different resamples (bagging); 1 = all of them. A default like nproc
     bag: Annotated[float, Field(gt=0, le=1)] = 1.0
+    # epochs between val scorings, the last epoch always scored: DVCLive's val curve gets a point
+    # every val_every epochs and val costs that much less. Val steers nothing without early stopping
+    # or a plateau schedule (both read it after every epoch: they need 1), so the model is the same.
+    # A default like nproc
+    val_every: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _val_every_epoch_where_read(self) -> Experiment:
+        if self.val_every > 1 and (self.early_stopping or self.schedule.name == "plateau"):
+            reader = f"early_stopping {self.early_stopping}" if self.early_stopping else "schedule plateau"
+            raise ValueError(f"val_every: {self.val_every} with {reader}, which reads val loss after every epoch; "
+                             "expected 1")
+        return self
 
 
 INTERPOLATED = ("dataset", "shards", "model")  # dvc.yaml reads these from each entry itself
@@ -474,7 +487,7 @@ class Penalty(Section):
 class Regularization(Section):
     epochs: PositiveInt  # at most this many epochs per penalty ...
     early_stopping: PositiveInt  # ... stopping after this many without a better val loss
-    penalties: Annotated[dict[str, Penalty], Field(min_length=1)]  # one regularize@<name> stage each
+    penalties: Annotated[dict[str, Penalty], Field(min_length=1)]  # one cell each, all in stage regularize
 
 
 class SweepsSection(Section):
@@ -482,12 +495,19 @@ class SweepsSection(Section):
 
     base: dict[str, Any]  # train keys over train.defaults, as a train.experiments entry
     grid: Grid  # activation x optimizer
-    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)]  # one batch@<size> stage each
+    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)]  # one cell each, all in stage batch
     regularization: Regularization  # one weight penalty per cell
 
     @model_validator(mode="after")
     def _base_interpolated(self) -> SweepsSection:
         _interpolated(self.base, "base")
+        return self
+
+    @model_validator(mode="after")
+    def _sizes_once(self) -> SweepsSection:
+        twice = sorted({size for size in self.batch_sizes if self.batch_sizes.count(size) > 1})
+        if twice:
+            raise ValueError(f"batch_sizes: {twice[0]} is listed twice; expected each size once (a cell's JSON is named by it)")
         return self
 
 

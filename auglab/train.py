@@ -303,9 +303,10 @@ def train(
     `on_epoch` receives each epoch's metrics row (also replayed for resumed epochs, so a logger
     sees the whole history). `init_state` is a pretrained model checkpoint for transfer learning.
     `stop_after` ends the run after that many epochs of this call (tests use it to interrupt).
-    `val_last_only` scores val after the last epoch only (val_loss and val_acc are None before it),
-    for runs that use nothing but the final scores (S1's grid and batch cells); a run that stops
-    early or steps its schedule on val loss is scored every epoch regardless.
+    Val is scored after every `experiment.val_every`-th epoch and the last (val_loss and val_acc are
+    None in the rows between); `val_last_only` scores the last alone, for runs that use nothing but
+    the final scores (S1's grid and batch cells). A run that stops early or steps its schedule on
+    val loss is scored after every epoch regardless.
     Inside a process group (torchrun) the ranks share every batch; rank 0 alone saves checkpoints.
     """
     device = train_data.images.device
@@ -361,7 +362,9 @@ def train(
     if ranks.world > 1:  # after resuming: DDP starts every rank from rank 0's weights and buffers
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
 
-    validate_every_epoch = not val_last_only or bool(experiment.early_stopping) or schedule_every == "val"
+    val_every = experiment.epochs if val_last_only else experiment.val_every
+    if experiment.early_stopping or schedule_every == "val":
+        val_every = 1  # both read val loss after every epoch
     stopped = False
     for epoch in range(start_epoch, experiment.epochs):
         if stop_after is not None and epoch - start_epoch >= stop_after:
@@ -386,7 +389,7 @@ def train(
             for buffer in model.buffers():
                 dist.broadcast(buffer, 0)
         seconds = time.perf_counter() - started
-        if validate_every_epoch or epoch + 1 == experiment.epochs:
+        if (epoch + 1) % val_every == 0 or epoch + 1 == experiment.epochs:
             val_loss, val_acc = evaluate_shared(scored, val_data, inputs, dtype, ranks)
         else:
             val_loss = val_acc = None

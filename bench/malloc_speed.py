@@ -3,8 +3,9 @@
 With glibc's defaults a buffer of more than 128 KiB (up to 32 MiB, as the threshold adapts) is
 mapped fresh and unmapped when freed, and free memory at the top of the heap is handed back to
 the OS: each scoring batch's activations (12.8 MB for S1's cnn at 256 images) are then faulted in
-page by page and zeroed again. `tuned` raises the mmap threshold to 32 MiB, the trim threshold to
-1 GiB and the top pad to 64 MiB (mallopt), so freed buffers are reused.
+page by page and zeroed again. `tuned` is what the stages run with (runtime.setup on CPU calls
+runtime.keep_freed_memory: mmap threshold 32 MiB, trim threshold 1 GiB, top pad 64 MiB, so freed
+buffers are reused); `default` sets the stages' other CPU flag (flush-to-zero) alone.
 
 Each run is a child process that trains a train.experiments entry as its stage does (resident
 data, val scored after every epoch) for --epochs epochs on the first --images of its training
@@ -19,10 +20,7 @@ outputs (`dvc repro preprocess`).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,31 +28,22 @@ import tempfile
 import time
 from pathlib import Path
 
-# mallopt's parameters (glibc's malloc.h) and the values `tuned` sets
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-TUNED = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 1 << 30, M_TOP_PAD: 64 << 20}
 WAYS = ("default", "tuned")
-
-
-def keep_freed_memory() -> None:
-    """Set TUNED in this process's glibc malloc (an error elsewhere: the bench measures glibc)."""
-    if platform.libc_ver()[0] != "glibc":
-        sys.exit(f"error: libc {platform.libc_ver()[0] or 'unknown'}: expected glibc (mallopt)")
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    for parameter, value in TUNED.items():
-        if libc.mallopt(parameter, value) != 1:
-            sys.exit(f"error: mallopt({parameter}, {value}) refused")
 
 
 def run_one(name: str, epochs: int, images: int, way: str) -> dict:
     """Train experiment `name` as its stage does, on CPU; seconds training and outside it."""
-    if way == "tuned":
-        keep_freed_memory()
-    from auglab import params, runtime, shards, train  # after mallopt: torch's first buffers too
+    import torch
 
+    from auglab import params, runtime, shards, train
+
+    if way == "tuned":
+        device = runtime.setup("cpu")
+    else:
+        device = torch.device("cpu")
+        torch.set_flush_denormal(True)
     experiment = params.load_experiment(Path("params.yaml"), "experiments", name)
     experiment = experiment.model_copy(update={"epochs": epochs, "early_stopping": 0})
-    device = runtime.setup("cpu")
     splits = Path("data/split") / experiment.dataset
     train_split, val = shards.read_split(splits, "train"), shards.read_split(splits, experiment.val)
     stats = json.loads((Path("data/preprocessed") / f"{experiment.dataset}.json").read_text())

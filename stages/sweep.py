@@ -1,11 +1,13 @@
-"""Stages grid@<optimizer>, batch@<size> and regularize@<penalty>: S1's sweeps. Each cell trains
-sweeps.base (over train.defaults) with one change, scores the official test split and writes the
-cell's test accuracy, val loss, epochs to converge and time as JSON. A cell scores val after its last
-epoch only, unless it stops early on val loss (regularize@): the report reads the final scores.
+"""Stages grid@<optimizer>, batch and regularize: S1's sweeps. Each cell trains sweeps.base (over
+train.defaults) with one change, scores the official test split and writes the cell's test accuracy,
+val loss, epochs to converge and time as JSON. A cell scores val after its last epoch only, unless it
+stops early on val loss (regularize): the report reads the final scores.
 
-A grid stage is one optimizer's column: every activation of sweeps.grid.activations in one process
-(one import of torch, one load of the data), one JSON per cell. Changing an optimizer's lr re-runs
-its column only; the cells of a killed column resume from their checkpoints."""
+A stage is one process for many cells (one import of torch, one load of the data), one JSON per
+cell: grid@<optimizer> is one optimizer's column (every activation of sweeps.grid.activations),
+batch every size of sweeps.batch_sizes, regularize every penalty of sweeps.regularization.penalties.
+Changing an optimizer's lr re-runs its column only; the cells of a killed stage resume from their
+checkpoints."""
 
 import json
 from pathlib import Path
@@ -25,13 +27,14 @@ def cells(args) -> list[tuple[str, dict, dict, Path, Path]]:
                  args.out / f"{activation}.json", args.checkpoint / f"{activation}.pt")
                 for activation in params.load_key(args.params, "sweeps.grid.activations")]
     if args.study == "batch":
-        return [(str(args.batch_size), tune.batch_cell(base, args.batch_size), {"batch_size": args.batch_size},
-                 args.out, args.checkpoint)]
-    penalty = params.load_key(args.params, f"sweeps.regularization.penalties.{args.penalty}")
-    epochs = params.load_key(args.params, "sweeps.regularization.epochs")
-    patience = params.load_key(args.params, "sweeps.regularization.early_stopping")
-    changed = {"penalty": args.penalty, "l1": penalty.l1, "l2": penalty.l2}
-    return [(args.penalty, tune.regularization_cell(base, penalty, epochs, patience), changed, args.out, args.checkpoint)]
+        return [(str(size), tune.batch_cell(base, size), {"batch_size": size},
+                 args.out / f"{size}.json", args.checkpoint / f"{size}.pt")
+                for size in params.load_key(args.params, "sweeps.batch_sizes")]
+    study = params.load_key(args.params, "sweeps.regularization")
+    return [(name, tune.regularization_cell(base, penalty, study.epochs, study.early_stopping),
+             {"penalty": name, "l1": penalty.l1, "l2": penalty.l2},
+             args.out / f"{name}.json", args.checkpoint / f"{name}.pt")
+            for name, penalty in study.penalties.items()]
 
 
 def main(args) -> None:
@@ -59,20 +62,17 @@ def main(args) -> None:
     # at their last epoch (no training) instead of training them again.
     for *_, checkpoint in todo:
         checkpoint.unlink(missing_ok=True)
-    if args.study == "grid":
-        args.checkpoint.rmdir()
+    args.checkpoint.rmdir()
 
 
 if __name__ == "__main__":
     parser = cli.parser(__doc__)
     parser.add_argument("--study", choices=("grid", "batch", "regularize"), required=True)
     parser.add_argument("--optimizer", help="grid: the column's optimizer, one of sweeps.grid.optimizers")
-    parser.add_argument("--batch-size", type=int, help="batch: images per step")
-    parser.add_argument("--penalty", help="regularize: a key of sweeps.regularization.penalties")
     parser.add_argument("--splits", type=Path, required=True, help="the base dataset's split directory")
     parser.add_argument("--shards", type=Path, required=True, help="shard directory of the base's training splits")
     parser.add_argument("--stats", type=Path, required=True, help="normalization statistics JSON")
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="resumable checkpoint (scratch); grid: a folder of one per cell")
-    parser.add_argument("--out", type=Path, required=True, help="the cell's JSON to write; grid: the column's folder")
+                        help="scratch folder of one resumable checkpoint per cell")
+    parser.add_argument("--out", type=Path, required=True, help="the folder of the stage's cell JSONs")
     cli.run(main, parser)

@@ -35,6 +35,7 @@ def relaunch(nproc: int) -> None:
 def main(args) -> None:
     experiment = params.load_experiment(args.params, args.group, args.experiment)
     if experiment.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        runtime.check_processes(experiment.device, experiment.nproc)
         relaunch(experiment.nproc)
     with runtime.processes(experiment.device) as device:
         if runtime.Ranks.current().rank == 0:
@@ -75,8 +76,9 @@ def run(args, experiment: params.Experiment, device: torch.device) -> None:
 
             def log_epoch(row: dict) -> None:
                 for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "img_per_s"):
-                    live.log_metric(key.replace("_", "/", 1) if key.startswith(("train", "val")) else key,
-                                    row[key], plot=True)
+                    if row[key] is not None:  # val is None on the epochs val_every skips
+                        live.log_metric(key.replace("_", "/", 1) if key.startswith(("train", "val")) else key,
+                                        row[key], plot=True)
                 live.next_step()
 
             result = train.train(experiment, train_data, val_data, stats, args.checkpoint,

@@ -87,32 +87,6 @@ def test_as_avx2_host_passes_the_commands_exit_status_on():
     assert as_avx2_host.main(["no-such-command-here"]) == 127
 
 
-MMAPPED_16_MIB = """
-import ctypes, sys
-sys.path.insert(0, "bench")
-import malloc_speed
-class Info(ctypes.Structure):  # glibc's struct mallinfo2
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-libc = ctypes.CDLL(None)
-libc.malloc.restype, libc.mallinfo2.restype = ctypes.c_void_p, Info
-if sys.argv[1] == "tuned":
-    malloc_speed.keep_freed_memory()
-before = libc.mallinfo2().hblkhd
-buffer = libc.malloc(16 << 20)
-print(libc.mallinfo2().hblkhd - before >= 16 << 20)
-libc.free(ctypes.c_void_p(buffer))
-"""
-
-
-def test_malloc_speed_tuned_way_serves_a_16_mib_buffer_from_the_heap():
-    """glibc maps a 16 MiB buffer of its own (and unmaps it when freed: the page faults the bench
-    prices); after keep_freed_memory it comes from the heap, which keeps it when freed."""
-    mapped = {way: subprocess.run([sys.executable, "-c", MMAPPED_16_MIB, way], cwd=ROOT, capture_output=True,
-                                  text=True, check=True).stdout.strip() for way in ("default", "tuned")}
-    assert mapped == {"default": "True", "tuned": "False"}
-
-
 def test_stages_recorded_in_a_copy_import_the_copys_auglab(tmp_path):
     """A script in stages/ puts stages/ first on sys.path, so `import auglab` finds the venv's
     editable install, which points at the checkout the venv was built in; a timed run in a copy

@@ -15,7 +15,7 @@ import torch
 import toy
 from conftest import ROOT
 
-from auglab import checkpoint, params, train
+from auglab import AuglabError, checkpoint, params, runtime, train
 
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
@@ -120,3 +120,14 @@ def test_nproc_defaults_to_one_process_and_must_be_positive():
         params.experiment(defaults, {**entry, "nproc": 0}, "x")
     with pytest.raises(params.ParamsError, match=r"^x.nproc: expected int, got '2'$"):
         params.experiment(defaults, {**entry, "nproc": "2"}, "x")
+
+
+def test_more_processes_than_gpus_is_refused_before_torchrun(monkeypatch):
+    """On CUDA, torchrun's rank r takes GPU r: nproc 2 on a one-GPU machine would die in rank 1 with
+    CUDA's "invalid device ordinal". torch is told it has one GPU (this host has none)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    runtime.check_processes("cuda", 1)  # one process per GPU: fine
+    runtime.check_processes("cpu", 4)  # gloo ranks share the cores
+    with pytest.raises(AuglabError, match=r"^nproc 2 on device cuda: this machine has 1 GPU\(s\); expected nproc <= "):
+        runtime.check_processes("auto", 2)

@@ -257,6 +257,8 @@ def test_report_is_not_a_params_section(tmp_path):
         (("gan", "builds", "mnist", "g_widht"), 8, "gan.builds.mnist.g_widht: unknown key"),
         (("gan", "score", "builds", "cifar"), {"dataset": "cifar", "extractor": "x"},
          "gan: score.builds.cifar: no gan build 'cifar'; known: mnist, fashion_mnist, mnist_100"),
+        (("sweeps", "batch_sizes"), [32, 64, 32],
+         "sweeps: batch_sizes: 32 is listed twice; expected each size once (a cell's JSON is named by it)"),
     ],
 )
 def test_bad_values_name_the_field_path(tmp_path, path, value, message):

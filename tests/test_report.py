@@ -49,3 +49,12 @@ def test_cost_curves_share_the_training_seconds_over_epochs_by_their_speed(tmp_p
     assert minutes.tolist() == pytest.approx([0.4, 0.6, 1.0]) and accuracy.tolist() == [0.9, 0.95, 0.97]
     report_figures.cost_curves(tmp_path / "cost.png", {"a": tmp_path / "live"}, "t")
     assert (tmp_path / "cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Live(dir=str(tmp_path / "sparse"), save_dvc_exp=False, dvcyaml=None) as live:  # val_every 2 of 3 epochs
+        for epoch, speed in enumerate((100.0, 200.0, 100.0)):
+            if epoch != 0:
+                live.log_metric("val/acc", 0.9 + epoch / 100, plot=True)
+            live.log_metric("img_per_s", speed, plot=True)
+            live.next_step()
+        live.summary["train_seconds"] = 60.0
+    minutes, accuracy = report_figures.minutes_and_val(tmp_path / "sparse")
+    assert minutes.tolist() == pytest.approx([0.6, 1.0]) and accuracy.tolist() == [0.91, 0.92]

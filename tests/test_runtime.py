@@ -106,3 +106,30 @@ def test_test_workers_share_the_cores():
     child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                            capture_output=True, text=True, check=True)
     assert share >= 1 and torch.get_num_threads() == share and int(child.stdout) == share
+
+
+MMAPPED_16_MIB = """
+import ctypes, sys
+from auglab import runtime
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.mallinfo2.restype = ctypes.c_void_p, Info
+if sys.argv[1] == "setup":
+    runtime.setup("cpu")
+before = libc.mallinfo2().hblkhd
+buffer = libc.malloc(16 << 20)
+print(libc.mallinfo2().hblkhd - before >= 16 << 20)
+libc.free(ctypes.c_void_p(buffer))
+"""
+
+
+@pytest.mark.slow  # fresh interpreters: mallopt settles a process's malloc for good
+def test_cpu_setup_serves_a_16_mib_buffer_from_the_heap_that_keeps_it():
+    """glibc maps a 16 MiB buffer of its own and unmaps it when freed (the page faults that made
+    scoring ~1.5x slower, bench/malloc_speed.py); after runtime.setup on CPU it comes from the
+    heap, which keeps it when freed."""
+    mapped = {way: subprocess.run([sys.executable, "-c", MMAPPED_16_MIB, way], cwd=ROOT, capture_output=True,
+                                  text=True, check=True).stdout.strip() for way in ("default", "setup")}
+    assert mapped == {"default": "True", "setup": "False"}

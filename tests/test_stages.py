@@ -82,7 +82,7 @@ def project(tmp_path_factory):
     }
     params["train"]["finetune"] = {
         "toy_tuned": {"dataset": "toy", "shards": "split/toy", "train": ["train_10"], "init": "toy_mlp",
-                      "freeze": True, **mlp},
+                      "freeze": True, "val_every": 2, **mlp},
     }
     params["train"]["recipes"] = {"toy_mlp": {"train": ["train_20"], **mlp}}
     params["train"]["members"] = {"toy_seed_1": {"recipe": "toy_mlp", "dataset": "toy", "shards": "split/toy", "seed": 1}}
@@ -157,8 +157,7 @@ def test_each_stage_runs_with_only_its_declared_params(project):
         "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned", "member@toy_seed_1",
         "ensemble@toy_pair", "gan@toy",
         "gan_sample@toy", "gan_score@toy", "grid@adam", "grid@sgd",
-        "batch@8", "batch@32",
-        "regularize@none", "regularize@l2", "tune", "report",
+        "batch", "regularize", "tune", "report",
     ]
     done = run_in_one_process(root, found, params)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -172,6 +171,9 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     assert (root / "data/augmented/toy/s1_copies.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((root / "artifacts/models/toy_tuned/live/metrics.json").read_text())
     assert metrics["epochs_run"] == 2 and 0 <= metrics["val"]["acc"] <= 1
+    curves = root / "artifacts/models/toy_tuned/live/plots/metrics"  # val_every 2 of 2 epochs: the last alone
+    assert len((curves / "train/loss.tsv").read_text().splitlines()) == 1 + 2
+    assert (curves / "val/acc.tsv").read_text().splitlines()[1:] == [f"1\t{metrics['val']['acc']}"]
     assert not (root / "artifacts/checkpoints/toy_mlp.pt").exists()  # removed once finished
     seeded = torch.load(root / "artifacts/models/toy_seed_1/model.pt", weights_only=True)  # the recipe's MLP
     assert seeded["name"] == "mlp" and seeded["kwargs"]["hidden"] == [16]
@@ -197,11 +199,14 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     assert 0 <= cell["test_accuracy"] <= 1 and cell["val_loss"] > 0
     # a toy epoch can take under 5 ms, which rounds to 0.0 s: check the bookkeeping, not the clock
     assert cell["train_seconds"] == round(sum(row["seconds"] for row in cell["history"]), 2) >= 0
+    assert sorted(p.name for p in (root / "artifacts/sweeps/batch").iterdir()) == ["32.json", "8.json"]  # one stage
     batch = json.loads((root / "artifacts/sweeps/batch/8.json").read_text())
     assert batch["changed"] == {"batch_size": 8} and batch["epochs_run"] == 1
+    assert sorted(p.name for p in (root / "artifacts/sweeps/regularize").iterdir()) == ["l2.json", "none.json"]
     penalty = json.loads((root / "artifacts/sweeps/regularize/l2.json").read_text())
     assert 1 <= penalty["best_epoch"] <= penalty["epochs_run"] <= 4 and penalty["changed"]["l2"] == 0.01
     assert not list((root / "artifacts/checkpoints").glob("grid_*"))
+    assert not (root / "artifacts/checkpoints/batch").exists() and not (root / "artifacts/checkpoints/regularize").exists()
     tuned = json.loads((root / "artifacts/tune/best.json").read_text())
     assert tuned["trials"] == 4 and tuned["completed"] + tuned["pruned"] == 4
     assert tuned["best_val_accuracy"] >= 0 and set(tuned["best"]) == {"optimizer.lr", "batch_size"}

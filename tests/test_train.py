@@ -154,6 +154,21 @@ def test_val_last_only_scores_the_last_epoch_and_trains_the_same(tmp_path, data)
     assert None not in [row["val_loss"] for row in stopping.history]  # early stopping needs every epoch's score
 
 
+def test_val_every_scores_every_nth_epoch_and_the_last_and_trains_the_same(tmp_path, data):
+    every = run(tmp_path / "every", experiment(epochs=5), data)
+    sparse = run(tmp_path / "sparse", experiment(epochs=5, val_every=2), data)
+    assert [row["val_loss"] is not None for row in sparse.history] == [False, True, False, True, True]
+    assert [row["train_loss"] for row in sparse.history] == [row["train_loss"] for row in every.history]
+    assert [row["val_acc"] for row in sparse.history if row["val_acc"] is not None] == [
+        every.history[i]["val_acc"] for i in (1, 3, 4)]
+    assert all(torch.equal(a, b) for a, b in zip(weights(sparse.model).values(), weights(every.model).values(), strict=True))
+    with pytest.raises(params.ParamsError, match=r"^test: val_every: 2 with early_stopping 3, which reads val loss "
+                                                 r"after every epoch; expected 1$"):
+        experiment(val_every=2, early_stopping=3)
+    with pytest.raises(params.ParamsError, match=r"^test: val_every: 2 with schedule plateau, "):
+        experiment(val_every=2, schedule={"name": "plateau"})
+
+
 def test_on_the_fly_augmentation_changes_training(tmp_path, data):
     plain = run(tmp_path / "a", experiment(epochs=1), data)
     augmented = run(tmp_path / "b", experiment(epochs=1, augment={"a": {"rotation": 20.0}, "b": {"zoom": 0.2}}), data)
