@@ -17,6 +17,8 @@ timestamps every output line; nothing in stages/ or auglab/ changes. The table t
     (gan_score's CAS classifiers); tune logs no epochs: its trials (training and per-epoch val)
     count as learning, an upper bound;
   - start-up + imports: `python stages/<script>.py --help` (imports, then argparse exits), once;
+    in the families that train, plus the ~1 s torch's first optimizer spends importing
+    torch._dynamo (torch.optim wraps Optimizer.__init__ in a lazy dynamo.disable), measured once;
   - data loading: from process start to the stage's first log line, which the training stages
     print after loading, less start-up; the data stages (download ... augment) are all data;
   - evaluation & other: the rest of the process (per-epoch val, scoring, checkpoints, plots).
@@ -160,20 +162,32 @@ def startup(root: Path, script: str) -> float:
     return time.perf_counter() - started
 
 
+def lazy_dynamo(root: Path) -> float:
+    """Seconds the first torch optimizer of a process takes (its lazy `import torch._dynamo`),
+    timed inside a process that imported torch; the median of three."""
+    code = ("import time, torch; weight = torch.nn.Parameter(torch.zeros(1)); started = time.perf_counter(); "
+            "torch.optim.SGD([weight], 0.1); print(time.perf_counter() - started)")
+    runs = [float(subprocess.run([sys.executable, "-c", code], cwd=root, check=True, capture_output=True,
+                                 text=True).stdout) for _ in range(3)]
+    return sorted(runs)[1]
+
+
 def split(root: Path) -> tuple[dict[str, dict[str, float]], float, float]:
     """Seconds per family and part; DVC's own start (before the first stage) and the run's wall."""
     stages, dvc_start, wall = read_run(root)
     imports = {script: startup(root, script) for script in sorted({s["script"] for s in stages if s["script"]})}
+    dynamo = lazy_dynamo(root)
     families: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for stage in stages:
         family = stage["name"].partition("@")[0]
         process, after = stage["end"] - stage["start"], stage["after"]
-        start_up = min(imports.get(stage["script"], 0.0), process)
+        imported = imports.get(stage["script"], 0.0)
+        start_up = min(imported + (dynamo if family in LOG_AFTER_LOADING else 0.0), process)
         first_log = next((t for t, _ in stage["lines"]), stage["end"])
         if family in DATA_FAMILIES:
             loading = process - start_up
         elif family in LOG_AFTER_LOADING:
-            loading = max(0.0, first_log - stage["start"] - start_up)
+            loading = max(0.0, first_log - stage["start"] - imported)  # dynamo's import comes after the log line
         else:  # evaluate, ensemble, report: a test split of 10,000 images, inside evaluation
             loading = 0.0
         learned = 0.0 if family in DATA_FAMILIES else learning(root, stage)

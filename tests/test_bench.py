@@ -1,16 +1,19 @@
-"""bench/pipeline_cost.py's reading of a timed run: the logs its --record writes; and
-bench/train_speed.py's device choice."""
+"""bench/pipeline_cost.py's reading of a timed run: the logs its --record writes, and what it
+counts as start-up; bench/noop_cost.py on a real DVC project; bench/train_speed.py's device choice."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT, script_module
 
 pipeline_cost = script_module("bench/pipeline_cost.py")
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # the venv's dvc
 
 
 def write_logs(root, log: list[tuple[float, str]], processes: list[tuple[float, float, str]]) -> None:
@@ -102,3 +105,44 @@ def test_stages_recorded_in_a_copy_import_the_copys_auglab(tmp_path):
 
     assert found(pipeline_cost.own_code(tmp_path)) == str(tmp_path / "auglab/__init__.py")
     assert found(None) == str(ROOT / "auglab/__init__.py")  # what the copy ran before
+
+
+@pytest.mark.slow  # a torch process
+def test_the_first_optimizer_of_a_process_imports_torch_dynamo():
+    """What pipeline_cost moves from "evaluation & other" into start-up for the families that train:
+    with this torch, importing torch leaves torch._dynamo out and the first optimizer brings it in."""
+    probe = ("import sys, torch; before = 'torch._dynamo' in sys.modules; "
+             "torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], 0.1); print(before, 'torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]
+    assert 0.0 < pipeline_cost.lazy_dynamo(ROOT) < 30.0
+
+
+@pytest.mark.slow  # real `dvc repro`s
+def test_noop_cost_times_a_finished_project_and_refuses_a_changed_one(tmp_path):
+    (tmp_path / "params.yaml").write_text("a: {n: 1}\nb: {n: 2}\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n"
+        "  a:\n    cmd: python -c \"open('a.txt', 'w').write('a')\"\n    params: [a]\n    outs: [a.txt]\n"
+        "  b:\n    cmd: python -c \"open('b.txt', 'w').write('b')\"\n    deps: [a.txt]\n    params: [b]\n"
+        "    outs: [b.txt]\n"
+        "  c:\n    cmd: python -c \"open('c.txt', 'w').write('c')\"\n    deps: [b.txt]\n    outs: [c.txt]\n")
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, env=ENV, check=True)
+    subprocess.run(["dvc", "repro", "-q"], cwd=tmp_path, env=ENV, check=True)
+    lock = (tmp_path / "dvc.lock").read_bytes()
+    bench = [sys.executable, str(ROOT / "bench/noop_cost.py"), str(tmp_path), "--repeats", "1"]
+    done = subprocess.run(bench, env=ENV, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"no-op `dvc repro` in {tmp_path}: 3 stages, 2 with params; ")
+    assert [line.split(":")[0].strip() for line in lines[1:]] == [
+        "as DVC runs it", "params.yaml parsed once", "of which `import dvc` + CLI",
+        "per stage, as DVC runs it", "per stage, params.yaml parsed once"]
+    assert (tmp_path / "dvc.lock").read_bytes() == lock  # no-ops: nothing re-ran
+
+    (tmp_path / "params.yaml").write_text("a: {n: 3}\nb: {n: 2}\n")  # stage a (and b, c after it) changed
+    done = subprocess.run(bench, env=ENV, capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    refused = f"{tmp_path}: `dvc status` lists changed stages (or a `dvc repro` runs there); bench a finished run"
+    assert done.stderr.splitlines() == [refused]
+    assert (tmp_path / "dvc.lock").read_bytes() == lock  # the bench ran nothing
