@@ -463,7 +463,7 @@ def _interpolated(entry: dict, where: str) -> None:
 
 
 class Grid(Section):
-    """S1's activation x optimizer grid: one grid@<optimizer> stage per column, one JSON per pair."""
+    """S1's activation x optimizer grid: stage grid, one JSON per pair (kept while its inputs stay)."""
 
     activations: Annotated[list[str], Field(min_length=1)]  # keys of auglab.models.ACTIVATIONS
     # optimizer names, as train.defaults.optimizer.name

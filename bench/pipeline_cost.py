@@ -145,10 +145,10 @@ def learning(root: Path, stage: dict) -> float | None:
     family, _, key = stage["name"].partition("@")
     if family in ("train", "finetune", "member"):
         return json.loads((root / f"artifacts/models/{key}/live/metrics.json").read_text())["train_seconds"]
-    if family in ("grid", "batch", "regularize"):
-        cells = root / f"artifacts/sweeps/{family}/{key}"  # a grid column: a folder of cells
-        files = sorted(cells.glob("*.json")) if cells.is_dir() else [cells.with_suffix(".json")]
-        return sum(json.loads(path.read_text())["train_seconds"] for path in files)
+    if family in ("grid", "batch", "regularize"):  # the cells this process wrote, not those it kept
+        cells = (root / f"artifacts/sweeps/{family}").rglob("*.json")
+        return sum(json.loads(path.read_text())["train_seconds"] for path in cells
+                   if stage["start"] <= path.stat().st_mtime <= stage["end"])
     if family == "gan":
         return json.loads((root / f"artifacts/gan/{key}/live/metrics.json").read_text())["seconds"]
     return logged_learning(stage) or None

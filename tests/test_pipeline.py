@@ -47,8 +47,8 @@ def digests(path: Path) -> dict[str, str]:
 
 TRAINED = {"train@s2_lenet_100", "train@s2_lenet_synthetic", "train@s1_cnn_maxpool", "finetune@s0_transfer_tuned",
            "member@s2_code_100", "gan@fashion_mnist", "gan_sample@fashion_mnist", "gan_score@fashion_mnist", "report"}
-SWEEPS = {"grid@adam", "grid@sgd", "batch", "regularize", "tune",
-          "ensemble@fashion_headline"}  # the CI profile's two grid columns (2 x 2 cells); batch, regularize: 2 cells each
+SWEEPS = {"grid", "batch", "regularize", "tune",
+          "ensemble@fashion_headline"}  # the CI profile's grid of 2 x 2 cells; batch, regularize: 2 cells each
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,9 @@ def test_repro_builds_every_stage_with_the_expected_splits(built):
     assert ran(output) == {f"{stage}@{dataset}" for stage in ("download", "split", "preprocess")
                            for dataset in ("mnist", "fashion_mnist")} | {f"augment@{b}" for b in builds} | TRAINED | SWEEPS
     listed = set(sh(root, "dvc", "stage", "list", "--name-only").split())
-    assert SWEEPS <= listed and "grid@nadam" not in listed  # foreach expands the profile's list only
+    assert SWEEPS <= listed
+    cells = sorted(str(p.relative_to(root / "artifacts/sweeps/grid")) for p in (root / "artifacts/sweeps/grid").rglob("*.json"))
+    assert cells == ["adam/relu.json", "adam/tanh.json", "sgd/relu.json", "sgd/tanh.json"]  # the profile's 2 x 2
     mnist = shards.read_manifest(root / "data/split/mnist")["splits"]
     assert {k: v["rows"] for k, v in mnist.items()} == {
         "train": 55000, "val": 5000, "train_100": 100, "train_1000": 1000, "train_10000": 10000, "test": 10000,
@@ -182,6 +184,27 @@ def test_exp_run_of_one_recipe_reruns_only_its_stages(built):
     # ensembles depend on artifacts/models as a whole (dvc.yaml cannot list a params list as deps): a
     # retrained model re-scores them (seconds), and the report reads every result
     assert below == {"train@s2_lenet_synthetic", "ensemble@fashion_headline", "report"}
+
+
+def test_exp_run_of_one_grid_lr_trains_only_that_optimizers_cells(built):
+    """`dvc exp run -S sweeps.grid.lr.sgd=...` re-runs stage grid alone, and in it only sgd's cells
+    train: the grid's folder persists (dvc.yaml) and adam's cells, whose params, data and code are
+    those they were trained with, are kept byte for byte."""
+    root, _ = built
+    grid = root / "artifacts/sweeps/grid"
+    before = digests(grid)
+    try:
+        output = sh(root, "dvc", "exp", "run", "-S", "sweeps.grid.lr.sgd=0.02", "grid")
+        assert ran(output) == {"grid"}
+        after = digests(grid)
+        assert sorted(after) == sorted(before) == ["adam/relu.json", "adam/tanh.json", "sgd/relu.json", "sgd/tanh.json"]
+        assert sorted(name for name in after if after[name] != before[name]) == ["sgd/relu.json", "sgd/tanh.json"]
+        assert re.findall(r"grid@(\S+): kept", output) == ["relu-adam", "tanh-adam"]
+        assert json.loads((grid / "sgd/tanh.json").read_text())["changed"]["lr"] == 0.02
+    finally:
+        sh(root, "git", "checkout", "params.yaml", "dvc.lock")  # the committed CI profile, for the tests below
+        sh(root, "dvc", "checkout", "-q")
+    assert digests(grid) == before
 
 
 def test_exp_run_with_new_seed_reruns_split_and_below_only(built):

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,7 @@ def test_each_stage_runs_with_only_its_declared_params(project):
         "augment@toy_s2_expand", "augment@toy_s1_copies", "augment@toy_s0_light",
         "train@toy_mlp", "train@toy_synthetic", "finetune@toy_tuned", "member@toy_seed_1",
         "ensemble@toy_pair", "gan@toy",
-        "gan_sample@toy", "gan_score@toy", "grid@adam", "grid@sgd",
+        "gan_sample@toy", "gan_score@toy", "grid",
         "batch", "regularize", "tune", "report",
     ]
     done = run_in_one_process(root, found, params)
@@ -205,7 +206,8 @@ def test_each_stage_runs_with_only_its_declared_params(project):
     assert sorted(p.name for p in (root / "artifacts/sweeps/regularize").iterdir()) == ["l2.json", "none.json"]
     penalty = json.loads((root / "artifacts/sweeps/regularize/l2.json").read_text())
     assert 1 <= penalty["best_epoch"] <= penalty["epochs_run"] <= 4 and penalty["changed"]["l2"] == 0.01
-    assert not list((root / "artifacts/checkpoints").glob("grid_*"))
+    assert sorted(p.name for p in (root / "artifacts/sweeps/grid").iterdir()) == ["adam", "sgd"]
+    assert not (root / "artifacts/checkpoints/grid").exists()
     assert not (root / "artifacts/checkpoints/batch").exists() and not (root / "artifacts/checkpoints/regularize").exists()
     tuned = json.loads((root / "artifacts/tune/best.json").read_text())
     assert tuned["trials"] == 4 and tuned["completed"] + tuned["pruned"] == 4
@@ -226,26 +228,73 @@ def untimed(cell: dict) -> dict:
 
 
 @pytest.mark.slow  # stage scripts as subprocesses
-def test_a_grid_column_gives_each_cell_what_it_gives_alone(project):
-    """Cells that share a process share nothing else: the tanh cell of the [relu, tanh] column is
-    the tanh cell of a column of tanh alone, to the last digit (clock readings aside), and a
-    finished column leaves no checkpoint behind."""
+def test_a_grid_cell_gives_what_it_gives_alone(project):
+    """Cells that share a process share nothing else: the tanh x sgd cell of the 2 x 2 grid is the
+    cell of a grid of tanh x sgd alone, to the last digit (clock readings aside), and a finished
+    grid leaves no checkpoint behind."""
     root, params, found = project
     by_name = {stage["name"]: stage for stage in found}
     for name in ("download@toy", "split@toy", "preprocess@toy"):
         assert run_stage(root, by_name[name], params).returncode == 0
-    column, out = by_name["grid@sgd"], root / "artifacts/sweeps/grid/sgd"
+    out = root / "artifacts/sweeps/grid"
     cells = {}
-    for activations in (["relu", "tanh"], ["tanh"]):
-        shutil.rmtree(out, ignore_errors=True)  # as DVC clears a stage's outs before running it
-        sweeps = dict(params["sweeps"], grid=dict(params["sweeps"]["grid"], activations=activations))
-        done = run_stage(root, column, dict(params, sweeps=sweeps))
+    for activations, optimizers in ((["relu", "tanh"], ["adam", "sgd"]), (["tanh"], ["sgd"])):
+        shutil.rmtree(out, ignore_errors=True)  # the folder persists: without it every cell trains
+        grid = dict(params["sweeps"]["grid"], activations=activations, optimizers=optimizers)
+        done = run_stage(root, by_name["grid"], dict(params, sweeps=dict(params["sweeps"], grid=grid)))
         assert done.returncode == 0, done.stderr
-        assert sorted(p.stem for p in out.iterdir()) == activations
-        cells[len(activations)] = json.loads((out / "tanh.json").read_text())
-        assert not (root / "artifacts/checkpoints/grid_sgd").exists()
-    assert untimed(cells[2]) == untimed(cells[1])
-    assert cells[2]["changed"] == {"activation": "tanh", "optimizer": "sgd", "lr": 0.01}
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*.json")) == sorted(
+            f"{o}/{a}.json" for a in activations for o in optimizers)
+        cells[len(activations) * len(optimizers)] = json.loads((out / "sgd/tanh.json").read_text())
+        assert not (root / "artifacts/checkpoints/grid").exists()
+    assert untimed(cells[4]) == untimed(cells[1])
+    assert cells[4]["changed"] == {"activation": "tanh", "optimizer": "sgd", "lr": 0.01}
+
+
+@pytest.mark.slow  # stage scripts as subprocesses
+def test_the_grid_trains_only_the_cells_whose_params_changed(project):
+    """`dvc exp run -S sweeps.grid.lr.sgd=...` re-runs stage grid, whose folder persists: a cell
+    whose params, data and code are those it was trained with is kept byte for byte, a cell with a
+    new lr or a new activation trains, and the JSON of a cell no longer in params goes."""
+    root, params, found = project
+    by_name = {stage["name"]: stage for stage in found}
+    for name in ("download@toy", "split@toy", "preprocess@toy"):
+        assert run_stage(root, by_name[name], params).returncode == 0
+    out = root / "artifacts/sweeps/grid"
+    shutil.rmtree(out, ignore_errors=True)
+    first = run_stage(root, by_name["grid"], params)  # relu, tanh x adam, sgd
+    assert first.returncode == 0, first.stderr
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*.json")}
+    grid = dict(params["sweeps"]["grid"], activations=["tanh", "elu"], lr={"adam": 0.001, "sgd": 0.02})
+    again = run_stage(root, by_name["grid"], dict(params, sweeps=dict(params["sweeps"], grid=grid)))
+    assert again.returncode == 0, again.stderr
+    after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*.json")}
+    assert sorted(after) == ["adam/elu.json", "adam/tanh.json", "sgd/elu.json", "sgd/tanh.json"]  # relu's gone
+    assert after["adam/tanh.json"] == before["adam/tanh.json"]
+    assert after["sgd/tanh.json"] != before["sgd/tanh.json"]
+    assert json.loads(after["sgd/tanh.json"])["changed"]["lr"] == 0.02
+    trained = sorted(line.split(":")[0] for line in again.stderr.splitlines() + again.stdout.splitlines()
+                     if re.match(r"grid@\S+: \w+ on ", line))
+    assert trained == ["grid@elu-adam", "grid@elu-sgd", "grid@tanh-sgd"]
+    assert "grid@tanh-adam: kept" in again.stdout + again.stderr
+
+
+def test_a_grid_cells_fingerprint_covers_the_auglab_modules_the_process_imported(tmp_path, monkeypatch):
+    """A change to any auglab module loaded in the stage's process retrains every cell; modules
+    outside auglab do not count (nor auglab's that the stage never imports, such as report.py)."""
+    sweep = script_module("stages/sweep.py")
+    digest = sweep.code_digest()
+    module = tmp_path / "extra.py"
+    module.write_text("A = 1\n")
+    monkeypatch.setitem(sys.modules, "notauglab.extra", types.SimpleNamespace(__file__=str(module)))
+    assert sweep.code_digest() == digest
+    monkeypatch.setitem(sys.modules, "auglab.extra", types.SimpleNamespace(__file__=str(module)))
+    with_extra = sweep.code_digest()
+    assert with_extra != digest
+    module.write_text("A = 2\n")
+    assert sweep.code_digest() not in (digest, with_extra)
+    monkeypatch.delitem(sys.modules, "auglab.extra")
+    assert sweep.code_digest() == digest
 
 
 def check_report(root: Path) -> None:
