@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import os
 import platform
@@ -86,6 +87,7 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 KEEP_FREED = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 1 << 30, M_TOP_PAD: 64 << 20}
 
 
+@functools.cache  # malloc's settings hold for the whole process: find and call libc once
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed buffers for reuse: by default one over 128 KiB (the
     threshold adapts up to 32 MiB) is mapped fresh and unmapped when freed, and the heap's free
@@ -135,9 +137,8 @@ class Ranks:
 def check_processes(device_name: str, nproc: int) -> None:
     """Refuse `nproc` processes that cannot each have a device of their own: on CUDA torchrun's rank r
     takes GPU r, so a rank past the last GPU would die with CUDA's "invalid device ordinal"."""
-    device = choose_device(device_name)
-    if device.type == "cuda" and nproc > torch.cuda.device_count():
-        raise AuglabError(f"nproc {nproc} on device cuda: this machine has {torch.cuda.device_count()} GPU(s); "
+    if choose_device(device_name).type == "cuda" and nproc > (gpus := torch.cuda.device_count()):
+        raise AuglabError(f"nproc {nproc} on device cuda: this machine has {gpus} GPU(s); "
                           "expected nproc <= the GPU count (one process per GPU)")
 
 
